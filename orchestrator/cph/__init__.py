@@ -1,0 +1,47 @@
+"""The asynchronous CPH API client: wire models, authentication and the error taxonomy."""
+
+from orchestrator.cph.auth import AkSkAuth, Auth, IamPasswordAuth, StaticTokenAuth
+from orchestrator.cph.client import ApiFamily, CphClient
+from orchestrator.cph.errors import (
+    ApiError,
+    AuthError,
+    MalformedResponseError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
+from orchestrator.cph.models import (
+    BatchJobsResponse,
+    Job,
+    JobStatus,
+    Phone,
+    PhoneDetail,
+    PhoneJob,
+    PhoneStatus,
+    PropertyTooLargeError,
+    PropertyUpdate,
+)
+
+__all__ = [
+    "AkSkAuth",
+    "ApiError",
+    "ApiFamily",
+    "Auth",
+    "AuthError",
+    "BatchJobsResponse",
+    "CphClient",
+    "IamPasswordAuth",
+    "Job",
+    "JobStatus",
+    "MalformedResponseError",
+    "PermanentError",
+    "Phone",
+    "PhoneDetail",
+    "PhoneJob",
+    "PhoneStatus",
+    "PropertyTooLargeError",
+    "PropertyUpdate",
+    "StaticTokenAuth",
+    "ThrottledError",
+    "TransientError",
+]
