@@ -13,7 +13,7 @@ from functools import wraps
 from typing import ParamSpec, TypeVar
 
 import click
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from orchestrator import __version__
 from orchestrator.cph.errors import ApiError
@@ -36,6 +36,11 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+def _validation_message(error: ValidationError) -> str:
+    problems = (f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in error.errors())
+    return "invalid options: " + "; ".join(problems)
+
+
 def exit_on_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn the orchestrator's errors into a one-line message and the contract's exit code."""
 
@@ -45,6 +50,9 @@ def exit_on_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except ConfigError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(ExitCode.INVALID_INPUT)
+        except ValidationError as exc:
+            click.echo(f"error: {_validation_message(exc)}", err=True)
             sys.exit(ExitCode.INVALID_INPUT)
         except ApiError as exc:
             click.echo(f"error: {exc}", err=True)

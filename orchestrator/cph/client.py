@@ -161,21 +161,26 @@ class CphClient:
 
     async def list_jobs(self, request_ids: Sequence[str]) -> list[Job]:
         """All jobs of up to 20 batch requests, following pages until the last one."""
+        jobs: list[Job] = []
+        while True:
+            page = await self.list_jobs_page(request_ids, offset=len(jobs))
+            jobs.extend(page.jobs)
+            if not _more_pages(len(page.jobs), len(jobs), page.count, LIST_JOBS_PAGE_LIMIT):
+                return jobs
+
+    async def list_jobs_page(
+        self, request_ids: Sequence[str], *, offset: int = 0, limit: int = LIST_JOBS_PAGE_LIMIT
+    ) -> ListJobsResponse:
+        """One page of the jobs of up to 20 batch requests (for callers that rate-limit each page)."""
         if not 0 < len(request_ids) <= LIST_JOBS_MAX_REQUEST_IDS:
             raise ValueError(
                 f"list_jobs takes 1 to {LIST_JOBS_MAX_REQUEST_IDS} request IDs,"
                 f" not {len(request_ids)}"
             )
-        jobs: list[Job] = []
-        ids = ",".join(request_ids)
-        while True:
-            query = {"request_ids": ids, "offset": len(jobs), "limit": LIST_JOBS_PAGE_LIMIT}
-            page = await self._call(
-                ListJobsResponse, "ListJobs", "GET", "/cloud-phone/jobs", query=query
-            )
-            jobs.extend(page.jobs)
-            if len(page.jobs) < LIST_JOBS_PAGE_LIMIT or (page.count and len(jobs) >= page.count):
-                return jobs
+        query = {"request_ids": ",".join(request_ids), "offset": offset, "limit": limit}
+        return await self._call(
+            ListJobsResponse, "ListJobs", "GET", "/cloud-phone/jobs", query=query
+        )
 
     async def iter_phones(
         self,
@@ -198,7 +203,7 @@ class CphClient:
             if page.phones:
                 yield page.phones
             seen += len(page.phones)
-            if len(page.phones) < page_size or (page.count is not None and seen >= page.count):
+            if not _more_pages(len(page.phones), seen, page.count, page_size):
                 return
 
     async def show_phone(self, phone_id: str) -> PhoneDetail:
@@ -278,6 +283,11 @@ class CphClient:
                 now_epoch_s=self._clock.time(),
             )
         return raw, resp_headers
+
+
+def _more_pages(page_len: int, seen: int, total: int | None, limit: int) -> bool:
+    """Another page exists when this one was full and the total (if given) is not reached."""
+    return page_len >= limit and (total is None or seen < total)
 
 
 def _query_value(value: object) -> str:

@@ -73,7 +73,9 @@ class SimulatorConfig(BaseModel):
     trial_phone_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     phones_per_server_min: int = Field(default=30, ge=1)
     phones_per_server_max: int = Field(default=60, ge=1)
-    violations_kept: int = Field(default=1000, ge=0, description="protocol violations listed in stats")
+    violations_kept: int = Field(
+        default=1000, ge=0, description="protocol violations listed in stats"
+    )
 
     @field_validator("profile", mode="before")
     @classmethod

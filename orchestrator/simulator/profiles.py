@@ -15,12 +15,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.errors import ConfigError
+
 __all__ = [
     "PROFILES",
     "DurationDist",
     "FaultProfile",
     "apply_overrides",
     "parse_overrides",
+    "resolve_profile",
 ]
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -82,7 +85,9 @@ def _parse_duration_text(text: str) -> dict[str, Any]:
     if kind == "lognormal" and len(numbers) in (2, 3):
         cap = numbers[2] if len(numbers) == 3 else None
         return {"kind": kind, "median_s": numbers[0], "sigma": numbers[1], "max_s": cap}
-    raise ValueError(f"cannot read duration {text!r}: use fixed:S, uniform:LO:HI or lognormal:MED:SIGMA")
+    raise ValueError(
+        f"cannot read duration {text!r}: use fixed:S, uniform:LO:HI or lognormal:MED:SIGMA"
+    )
 
 
 class FaultProfile(BaseModel):
@@ -102,16 +107,21 @@ class FaultProfile(BaseModel):
     retry_after_fraction: Rate = Field(
         default=0.5, description="share of 429 answers that carry a Retry-After header"
     )
-    transient_error_rate: Rate = Field(default=0.0, description="502/503 with an HTML body, no effect")
+    transient_error_rate: Rate = Field(
+        default=0.0, description="502/503 with an HTML body, no effect"
+    )
     drop_after_apply_rate: Rate = Field(
-        default=0.0, description="submit POSTs whose connection is closed after the jobs were created"
+        default=0.0,
+        description="submit POSTs whose connection is closed after the jobs were created",
     )
     late_phone_rate: Rate = Field(
         default=0.0, description="phones answering CPS.0005 for their first submissions"
     )
     late_phone_submissions: int = Field(default=2, ge=0)
     job_fail_rate: Rate = Field(default=0.0, description="jobs ending -1 with CPS.0003")
-    extra_throttle_rate: Rate = Field(default=0.0, description="429 regardless of the token buckets")
+    extra_throttle_rate: Rate = Field(
+        default=0.0, description="429 regardless of the token buckets"
+    )
     latency_spike_rate: Rate = 0.0
     latency_spike: DurationDist = DurationDist(kind="fixed", value_s=3.0)
     missing_phone_rate: Rate = Field(
@@ -179,8 +189,24 @@ def _read_value(raw: str) -> Any:
         return raw
 
 
-def apply_overrides(profile: FaultProfile, updates: Mapping[str, Any] | Iterable[str]) -> FaultProfile:
+def apply_overrides(
+    profile: FaultProfile, updates: Mapping[str, Any] | Iterable[str]
+) -> FaultProfile:
     """A validated copy of ``profile`` with knobs replaced (``model_copy`` alone would not validate)."""
     if not isinstance(updates, Mapping):
         updates = parse_overrides(updates)
     return FaultProfile.model_validate({**profile.model_dump(), **updates})
+
+
+def resolve_profile(name: str, overrides: Iterable[str] = ()) -> FaultProfile:
+    """A named profile with ``--set KNOB=VALUE`` overrides applied, for the command line.
+
+    Raises :class:`~orchestrator.errors.ConfigError` (exit code 3) for an unknown name or a bad override,
+    so the operator gets one line instead of a traceback.
+    """
+    if name not in PROFILES:
+        raise ConfigError(f"unknown fault profile {name!r}; known: {', '.join(PROFILES)}")
+    try:
+        return apply_overrides(PROFILES[name], list(overrides))
+    except ValueError as exc:
+        raise ConfigError(f"invalid fault profile override: {exc}") from exc

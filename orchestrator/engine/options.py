@@ -1,0 +1,66 @@
+"""The engine's knobs, gathered from the plan's policy, the settings and the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from orchestrator.engine.policy import AbortThresholds, RetryPolicy
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_JOB_TIMEOUT_S",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_QUERY_RATE_PER_S",
+    "DEFAULT_SUBMIT_RATE_PER_S",
+    "EngineOptions",
+    "RestartMode",
+]
+
+DEFAULT_BATCH_SIZE = 100
+"""Phones per batch request; the real API maximum is undocumented (cph-api.md §5)."""
+DEFAULT_SUBMIT_RATE_PER_S = 5.0
+DEFAULT_QUERY_RATE_PER_S = 10.0
+DEFAULT_MAX_SUBMITS_IN_FLIGHT = 16
+DEFAULT_MAX_QUERIES_IN_FLIGHT = 8
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_JOB_TIMEOUT_S = 600.0
+DEFAULT_PROGRESS_INTERVAL_S = 5.0
+DEFAULT_STOP_GRACE_S = 30.0
+SHOW_JOB_AFTER_MISSES = 2
+"""Ask ShowJob about a job only after ListJobs left it out this many times in a row."""
+
+
+RESTART_PROPERTIES = frozenset({"com.cph.mainkeys", "qemu.hw.mainkeys"})
+"""Properties that take effect only after a restart (cph-api.md §6; the rest is UNCONFIRMED)."""
+
+
+class RestartMode(StrEnum):
+    """Whether a phone is restarted once its property update succeeded."""
+
+    NEVER = "never"
+    WHEN_NEEDED = "when_needed"
+    ALWAYS = "always"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Everything that shapes one rollout's run. Defaults are safe for a real account."""
+
+    retry: RetryPolicy
+    batch_size: int = DEFAULT_BATCH_SIZE
+    submit_rate_per_s: float = DEFAULT_SUBMIT_RATE_PER_S
+    query_rate_per_s: float = DEFAULT_QUERY_RATE_PER_S
+    max_submits_in_flight: int = DEFAULT_MAX_SUBMITS_IN_FLIGHT
+    max_queries_in_flight: int = DEFAULT_MAX_QUERIES_IN_FLIGHT
+    abort: AbortThresholds = field(default_factory=AbortThresholds)
+    waves: Sequence[int | str] = ("100%",)
+    bake_s: float = 0.0
+    job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S
+    restart: RestartMode = RestartMode.NEVER
+    restart_properties: frozenset[str] = RESTART_PROPERTIES
+    progress_interval_s: float = DEFAULT_PROGRESS_INTERVAL_S
+    stop_grace_s: float = DEFAULT_STOP_GRACE_S
+    first_poll_s: float = 2.0
+    seed: int | None = None
