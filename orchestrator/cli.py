@@ -6,10 +6,12 @@ Exit codes are a contract (see README): 0 all succeeded, 1 finished with failed 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Callable
 from enum import IntEnum
 from functools import wraps
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
@@ -18,6 +20,12 @@ from pydantic import SecretStr, ValidationError
 from orchestrator import __version__
 from orchestrator.cph.errors import ApiError
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.logging import configure_logging
+from orchestrator.plan import load_plan
+from orchestrator.run import RolloutRequest, run_demo, run_rollout
+from orchestrator.run import dry_run as run_dry
+from orchestrator.service import Overrides, new_rollout_id
+from orchestrator.settings import Settings, load_settings
 
 __all__ = ["ExitCode", "main"]
 
@@ -155,6 +163,137 @@ def simulator(
         token_ttl_s=token_ttl_s,
     )
     run_forever(config, host, port)
+
+
+def _load(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _log_to(settings: Settings, rollout_id: str, log_file: Path | None, tty: bool) -> Path | None:
+    """JSON logs go to stderr, or to a file when the terminal shows the progress bar."""
+    if log_file is None and tty:
+        log_file = Path(settings.rollout.runs_dir) / f"{rollout_id}.log.jsonl"
+    stream = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = log_file.open("a", encoding="utf-8")
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format, stream=stream)
+    return log_file
+
+
+@cli.command()
+@click.argument("plan", type=click.Path(path_type=Path))
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
+@click.option("--strict", is_flag=True, default=None, help="Unknown property keys are errors.")
+@exit_on_errors
+def validate(plan: Path, config: Path | None, strict: bool | None) -> None:
+    """Check a plan without sending anything (exit 3 when it is invalid)."""
+    _load(config)
+    loaded = load_plan(plan, strict=strict)
+    query = loaded.plan.fleet.query
+    targets = loaded.targets(())
+    note = " (plus the phones of its query, resolved at run time)" if query else ""
+    click.echo(f"plan {loaded.plan.name!r} is valid: {len(targets)} phones{note}")
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}")
+
+
+@cli.command()
+@click.argument("plan", type=click.Path(path_type=Path))
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
+@click.option("--id", "rollout_id", help="Name the rollout (default: generated).")
+@click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json or .csv).")
+@click.option("--dry-run", is_flag=True, help="Show what would be done; send nothing.")
+@click.option("--batch-size", type=click.IntRange(1, 1000), help="Phones per request.")
+@click.option("--submit-rate", type=click.FloatRange(min=0.001), help="Submit requests per second.")
+@click.option("--query-rate", type=click.FloatRange(min=0.001), help="Query requests per second.")
+@click.option("--max-attempts", type=click.IntRange(1), help="Attempts per phone.")
+@click.option("--strict", is_flag=True, default=None, help="Unknown property keys are errors.")
+@click.option("--log-file", type=click.Path(path_type=Path), help="Write JSON logs here.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+@exit_on_errors
+def rollout(
+    plan: Path,
+    config: Path | None,
+    rollout_id: str | None,
+    report: Path | None,
+    dry_run: bool,
+    batch_size: int | None,
+    submit_rate: float | None,
+    query_rate: float | None,
+    max_attempts: int | None,
+    strict: bool | None,
+    log_file: Path | None,
+    progress: bool | None,
+) -> None:
+    """Roll the plan's properties out to its fleet and report on every phone."""
+    settings = _load(config)
+    loaded = load_plan(plan, strict=strict)
+    request = RolloutRequest(
+        loaded=loaded,
+        settings=settings,
+        rollout_id=rollout_id or new_rollout_id(),
+        overrides=Overrides(batch_size, submit_rate, query_rate, max_attempts),
+        report_path=report,
+        show_progress=sys.stderr.isatty() if progress is None else progress,
+    )
+    if dry_run:
+        configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+        sys.exit(asyncio.run(run_dry(request)))
+    where = _log_to(settings, request.rollout_id, log_file, request.show_progress)
+    if where is not None:
+        click.echo(f"rollout {request.rollout_id}: logs in {where}", err=True)
+    sys.exit(asyncio.run(run_rollout(request)))
+
+
+@cli.command()
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path),
+    default=Path("config/plans/demo.yaml"),
+    show_default=True,
+    help="Plan to roll out.",
+)
+@click.option(
+    "--phones",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Simulated fleet size.",
+)
+@click.option("--profile", default="flaky", show_default=True, help="Simulator fault profile.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Simulator seed.")
+@click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path),
+    default=Path("cph-runs"),
+    show_default=True,
+    help="Where the report and the log go.",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a tty).")
+@exit_on_errors
+def demo(
+    plan_path: Path, phones: int, profile: str, seed: int, runs_dir: Path, progress: bool | None
+) -> None:
+    """Start a simulator and roll a plan out to thousands of simulated phones."""
+    show = sys.stderr.isatty() if progress is None else progress
+    log_file = runs_dir / "demo.log.jsonl"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("w", encoding="utf-8") as stream:
+        configure_logging(level="info", fmt="json", stream=stream)
+        click.echo(f"demo: JSON logs in {log_file}", err=True)
+        code = asyncio.run(
+            run_demo(
+                plan_path=plan_path,
+                phones=phones,
+                profile=profile,
+                seed=seed,
+                runs_dir=runs_dir,
+                show_progress=show,
+            )
+        )
+    sys.exit(code)
 
 
 def _parse_iam_users(specs: tuple[str, ...]) -> dict[str, tuple[SecretStr, str]]:

@@ -25,6 +25,7 @@ __all__ = [
     "CphSettings",
     "DaemonSettings",
     "LoggingSettings",
+    "RolloutSettings",
     "Settings",
     "load_settings",
 ]
@@ -104,6 +105,23 @@ class CphSettings(_Section):
         )
 
 
+class RolloutSettings(_Section):
+    """Defaults for every rollout; a plan's policy and the command line override them."""
+
+    batch_size: int = Field(100, ge=1, le=1000)
+    submit_rate_per_s: float = Field(5.0, gt=0)
+    query_rate_per_s: float = Field(10.0, gt=0)
+    max_submits_in_flight: int = Field(16, ge=1)
+    max_queries_in_flight: int = Field(8, ge=1)
+    first_poll_s: float = Field(2.0, gt=0)
+    expected_job_duration_s: float = Field(10.0, ge=0)
+    """Used only to estimate durations in ``--dry-run`` before anything is learnt."""
+    progress_interval_s: float = Field(10.0, gt=0)
+    stop_grace_s: float = Field(30.0, ge=0)
+    runs_dir: str = "cph-runs"
+    """Where reports and log files go when no path is given."""
+
+
 class LoggingSettings(_Section):
     """How log lines are written."""
 
@@ -122,6 +140,7 @@ class Settings(_Section):
     """Everything configurable, validated. Sections are added by the parts that need them."""
 
     cph: CphSettings = CphSettings()
+    rollout: RolloutSettings = RolloutSettings()
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
 

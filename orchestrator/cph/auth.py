@@ -143,7 +143,7 @@ class AkSkAuth:
 @dataclass(slots=True)
 class _Token:
     value: str
-    expires_at_epoch_s: float
+    renew_at_epoch_s: float
     generation: int
 
 
@@ -194,7 +194,7 @@ class IamPasswordAuth:
             await self._login_once(token.generation if token else -1)
 
     def _expiring(self, token: _Token) -> bool:
-        return self.clock.time() >= token.expires_at_epoch_s - self.refresh_margin_s
+        return self.clock.time() >= token.renew_at_epoch_s
 
     async def _login_once(self, stale_generation: int) -> _Token:
         async with self._lock:
@@ -242,7 +242,7 @@ class IamPasswordAuth:
         if status != 201 or not headers.get("X-Subject-Token"):
             raise self._login_error(status, headers, raw)
         body = _json_object(raw)
-        token = _Token(headers["X-Subject-Token"], self._expiry(body), next_generation)
+        token = _Token(headers["X-Subject-Token"], self._renew_at(body), next_generation)
         self.scoped_project_id = _project_id(body) or self.project_id
         self.logins += 1
         log.info("auth.token_refreshed", username=self.username, generation=next_generation)
@@ -259,8 +259,10 @@ class IamPasswordAuth:
         )
         if isinstance(error, TransientError | ThrottledError):
             return error
+        reference = f" (request_id={error.request_id})" if error.request_id else ""
         return AuthError(
-            f"IAM refused the login of user {self.username!r}: {error.error_msg or status}",
+            f"IamLogin: IAM refused the login of user {self.username!r}:"
+            f" {error.error_msg or status}{reference}",
             status=status,
             error_code=error.error_code,
             error_msg=error.error_msg,
@@ -268,13 +270,39 @@ class IamPasswordAuth:
             operation="IamLogin",
         )
 
-    def _expiry(self, body: dict[str, Any]) -> float:
-        """``token.expires_at`` in Unix seconds; a missing or odd value means "valid for an hour"."""
-        try:
-            expires_at = body["token"]["expires_at"]
-            return datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return self.clock.time() + FALLBACK_TOKEN_LIFETIME_S
+    def _renew_at(self, body: dict[str, Any]) -> float:
+        """When to log in again, on our clock.
+
+        The lifetime is ``expires_at - issued_at`` as IAM states it, counted from now, so a skew
+        between IAM's clock and ours does not matter; renewal comes ``refresh_margin_s`` early,
+        or halfway through a lifetime shorter than twice the margin.
+        """
+        lifetime = _lifetime_s(body)
+        if lifetime is None:
+            lifetime = FALLBACK_TOKEN_LIFETIME_S
+        margin = min(self.refresh_margin_s, lifetime / 2)
+        return self.clock.time() + lifetime - margin
+
+
+def _iso_epoch_s(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _lifetime_s(body: dict[str, Any]) -> float | None:
+    """``expires_at - issued_at`` of an IAM token answer, when both are readable and sane."""
+    token = body.get("token")
+    if not isinstance(token, dict):
+        return None
+    expires = _iso_epoch_s(token.get("expires_at"))
+    issued = _iso_epoch_s(token.get("issued_at"))
+    if expires is None or issued is None or expires <= issued:
+        return None
+    return expires - issued
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -43,7 +44,7 @@ from orchestrator.cph.models import (
 )
 from orchestrator.cph.signer import canonical_query_string
 
-__all__ = ["ApiFamily", "CphClient"]
+__all__ = ["ApiFamily", "CphClient", "PhoneFilters"]
 
 USER_AGENT = f"cph-orchestrator/{__version__}"
 DEFAULT_TIMEOUT_S = 30.0
@@ -61,6 +62,21 @@ class ApiFamily(StrEnum):
 
     SUBMIT = "submit"
     QUERY = "query"
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneFilters:
+    """ListCloudPhones filters; None leaves a filter out."""
+
+    server_id: str | None = None
+    status: int | None = None
+    phone_name: str | None = None
+    phone_type: int | None = None
+
+    def query(self) -> dict[str, object]:
+        """The query parameters, under the API's names."""
+        names = {"server_id": self.server_id, "status": self.status, "phone_name": self.phone_name}
+        return {**names, "type": self.phone_type}
 
 
 class CphClient:
@@ -192,19 +208,23 @@ class CphClient:
         page_size: int = LIST_PHONES_PAGE_LIMIT,
     ) -> AsyncIterator[list[Phone]]:
         """Pages of phones matching the filters (newest first, as the API lists them)."""
-        filters = {"server_id": server_id, "status": status, "phone_name": phone_name}
-        filters["type"] = phone_type
+        filters = PhoneFilters(server_id, status, phone_name, phone_type)
         seen = 0
         while True:
-            query = {**filters, "offset": seen, "limit": page_size}
-            page = await self._call(
-                ListPhonesResponse, "ListCloudPhones", "GET", "/cloud-phone/phones", query=query
-            )
+            page = await self.list_phones_page(filters, offset=seen, limit=page_size)
             if page.phones:
                 yield page.phones
             seen += len(page.phones)
             if not _more_pages(len(page.phones), seen, page.count, page_size):
                 return
+
+    async def list_phones_page(
+        self, filters: PhoneFilters, *, offset: int = 0, limit: int = LIST_PHONES_PAGE_LIMIT
+    ) -> ListPhonesResponse:
+        """One page of ListCloudPhones (for callers that retry page by page)."""
+        query = {**filters.query(), "offset": offset, "limit": limit}
+        path = "/cloud-phone/phones"
+        return await self._call(ListPhonesResponse, "ListCloudPhones", "GET", path, query=query)
 
     async def show_phone(self, phone_id: str) -> PhoneDetail:
         """One phone's details, including its current ``property`` string."""

@@ -9,6 +9,7 @@ exceptions (see :mod:`orchestrator.cph.models`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -130,6 +131,17 @@ def _code_and_message(body: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+_HTML_TITLE = re.compile(r"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _excerpt(text: str) -> str:
+    """One readable line from a body that is not JSON: an HTML page's title, else its text."""
+    title = _HTML_TITLE.search(text)
+    plain = title.group(1) if title else _TAG.sub(" ", text)
+    return " ".join(plain.split())[:_BODY_EXCERPT_CHARS]
+
+
 def parse_error_body(raw: bytes) -> tuple[str, str, str]:
     """``(error_code, error_msg, request_id)`` from an error body, in the official SDK's order.
 
@@ -140,15 +152,15 @@ def parse_error_body(raw: bytes) -> tuple[str, str, str]:
     try:
         body = json.loads(text)
     except ValueError:
-        return "", text.strip()[:_BODY_EXCERPT_CHARS], ""
+        return "", _excerpt(text), ""
     if not isinstance(body, dict):
-        return "", text.strip()[:_BODY_EXCERPT_CHARS], ""
+        return "", _excerpt(text), ""
     request_id = _as_text(body.get("request_id"))
     found = _code_and_message(body)
     if found is None:
         nested = (v for v in body.values() if isinstance(v, dict))
         found = next((f for f in map(_code_and_message, nested) if f is not None), None)
-    code, msg = found or ("", text.strip()[:_BODY_EXCERPT_CHARS])
+    code, msg = found or ("", _excerpt(text))
     return code, msg, request_id
 
 

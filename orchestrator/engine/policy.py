@@ -109,16 +109,18 @@ class AbortThresholds:
 def abort_reason(*, succeeded: int, failed: int, thresholds: AbortThresholds) -> str | None:
     """Why the rollout must abort now, or None. Reaching a threshold is allowed; passing it is not.
 
-    ``executed`` counts phones that reached succeeded or failed; throttled or still-running phones
-    do not count, so throttling never pushes a rollout towards abort.
+    The absolute cap counts from the first failure; the percentage is judged only once
+    ``min_executed`` phones have finished (as AWS IoT Jobs' ``minNumberOfExecutedThings``), so
+    one early failure cannot abort a large rollout. ``executed`` counts phones that succeeded or
+    failed: throttled or still-running phones never push a rollout towards abort.
     """
-    executed = succeeded + failed
-    if executed == 0 or executed < thresholds.min_executed:
-        return None
     if thresholds.max_failures is not None and failed > thresholds.max_failures:
         return f"{failed} phones failed, more than the limit of {thresholds.max_failures}"
+    executed = succeeded + failed
     limit = thresholds.max_failure_percent
-    if limit is not None and failed * 100.0 > limit * executed:
+    if limit is None or executed == 0 or executed < thresholds.min_executed:
+        return None
+    if failed * 100.0 > limit * executed:
         share = failed * 100.0 / executed
         return f"{share:.1f}% of {executed} executed phones failed, more than {limit:g}%"
     return None

@@ -63,7 +63,9 @@ class PollTiming:
         """Wait after submitting until nearly every job of the batch should have ended."""
         if len(self.estimator) < MIN_SAMPLES_TO_TRUST:
             return self.first_poll_s
-        expected = self.estimator.quantile(FIRST_POLL_QUANTILE) or self.first_poll_s
+        expected = self.estimator.quantile(FIRST_POLL_QUANTILE)
+        if expected is None:
+            return self.first_poll_s
         return max(self.min_interval_s, expected + POLL_MARGIN_S)
 
     def next_delay_s(self, elapsed_s: float) -> float:

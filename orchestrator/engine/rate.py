@@ -21,8 +21,11 @@ __all__ = ["AdaptiveRate", "Budget"]
 
 DEFAULT_DECREASE_FACTOR = 0.7
 DEFAULT_MIN_RATE_PER_S = 0.2
-DEFAULT_REGROWTH_FRACTION_PER_S = 0.02
-"""Each second without throttling, the rate regains this fraction of its ceiling."""
+DEFAULT_REGROWTH_FRACTION_PER_S = 0.05
+"""Each second without throttling, the rate regains this fraction of the rate it was cut from.
+
+Scaling by the level that drew the throttle (not by the ceiling) keeps the probing gentle when the
+server's real limit lies far below the configured ceiling."""
 THROTTLER_POLL_INTERVAL_S = 0.005
 
 
@@ -39,17 +42,21 @@ class AdaptiveRate:
     rate_per_s: float = 0.0
     min_rate_per_s: float = DEFAULT_MIN_RATE_PER_S
     decrease_factor: float = DEFAULT_DECREASE_FACTOR
+    regrowth_fraction_per_s: float = DEFAULT_REGROWTH_FRACTION_PER_S
     regrowth_per_s: float = 0.0
+    """Fixed regrowth in requests/s per second; 0 scales it with the rate each cut started from."""
     last_cut_at: float = -math.inf
     paused_until: float = -math.inf
     cuts: int = 0
     _last_growth_at: float | None = field(default=None, repr=False)
+    _scaled_regrowth: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rate_per_s <= 0:
             self.rate_per_s = self.ceiling_per_s
         if self.regrowth_per_s <= 0:
-            self.regrowth_per_s = self.ceiling_per_s * DEFAULT_REGROWTH_FRACTION_PER_S
+            self._scaled_regrowth = True
+            self.regrowth_per_s = self.ceiling_per_s * self.regrowth_fraction_per_s
         self.min_rate_per_s = min(self.min_rate_per_s, self.ceiling_per_s)
 
     def on_throttled(self, *, now: float, sent_at: float, retry_after_s: float | None) -> bool:
@@ -58,6 +65,8 @@ class AdaptiveRate:
             self.paused_until = max(self.paused_until, now + retry_after_s)
         if sent_at < self.last_cut_at:
             return False
+        if self._scaled_regrowth:
+            self.regrowth_per_s = self.rate_per_s * self.regrowth_fraction_per_s
         self.rate_per_s = max(self.min_rate_per_s, self.rate_per_s * self.decrease_factor)
         self.last_cut_at = now
         self._last_growth_at = now

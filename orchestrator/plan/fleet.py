@@ -1,0 +1,235 @@
+"""Fleet files: the phones of a plan, one a row, with per-phone values.
+
+A fleet file is CSV (with a header row) or JSON (a list of objects), named by ``fleet.file`` and
+read relative to the plan file. It must have a ``phone_id`` column. Every other column is
+available to the plan's property templates as a placeholder (``{msisdn}``); a column whose name
+contains a ``.`` (as every CPH property name does) is also that property's value for the phone,
+overriding the plan's common value. An empty cell (or JSON ``null``) means "not set for this
+phone": the placeholder is missing and the common property applies.
+
+CSV cells are strings (leading spaces after a comma are dropped). JSON values keep their JSON type,
+so a number can be formatted with ``{count:04d}``; nested lists and objects are refused. Cells are
+taken as written, never as templates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from orchestrator.plan.errors import PlanError, Problems
+from orchestrator.plan.model import PHONE_ID_RULE, valid_phone_id
+from orchestrator.plan.properties import PropertyValue, show_value
+
+__all__ = [
+    "PHONE_ID_COLUMN",
+    "RESERVED_COLUMNS",
+    "FleetTable",
+    "read_fleet_file",
+    "read_fleet_text",
+]
+
+PHONE_ID_COLUMN = "phone_id"
+RESERVED_COLUMNS = frozenset({"index"})
+"""Column names that would shadow a built-in placeholder (``{phone_id}`` is the key column itself)."""
+
+Row = dict[str, PropertyValue]
+
+
+@dataclass(slots=True)
+class FleetTable:
+    """The rows of a fleet file: phone IDs, their set (non-empty) values, and where each row is."""
+
+    label: str
+    kind: Literal["csv", "json"]
+    columns: list[str] = field(default_factory=list)
+    phone_ids: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    column_set: set[str] = field(default_factory=set)
+
+    def where(self, position: int) -> str:
+        """Where the row at ``position`` (0-based) is: ``fleet.csv:row 17 (line 18)``."""
+        noun = "row" if self.kind == "csv" else "item"
+        return f"{self.label}:{noun} {position + 1} (line {self.lines[position]})"
+
+    def add(self, phone_id: str, row: Row, line: int) -> None:
+        """Append one row."""
+        self.phone_ids.append(phone_id)
+        self.rows.append(row)
+        self.lines.append(line)
+
+
+def read_fleet_file(path: Path, label: str) -> FleetTable:
+    """Read a ``.csv`` or ``.json`` fleet file; every problem found raises one :class:`PlanError`."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PlanError(f"{label}: cannot read the fleet file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"{label}: the fleet file is not UTF-8 text ({exc.reason})") from exc
+    kind: Literal["csv", "json"] = "json" if path.suffix.lower() == ".json" else "csv"
+    return read_fleet_text(text, label, kind)
+
+
+def read_fleet_text(text: str, label: str, kind: Literal["csv", "json"]) -> FleetTable:
+    """Parse fleet text already read; see :func:`read_fleet_file`."""
+    problems = Problems()
+    table = FleetTable(label, kind)
+    if kind == "csv":
+        _read_csv(text, table, problems)
+    else:
+        _read_json(text, table, problems)
+    problems.raise_if_any()
+    return table
+
+
+def _check_header(header: list[str], label: str, problems: Problems) -> bool:
+    where = f"{label}:1"
+    before = problems.total
+    if PHONE_ID_COLUMN not in header:
+        shown = ", ".join(header) or "none"
+        problems.add(where, "header", f"no {PHONE_ID_COLUMN} column (columns: {shown})")
+    seen: set[str] = set()
+    for name in header:
+        if not name:
+            problems.add(where, "header", "a column has no name")
+        elif name in seen:
+            problems.add(where, f"column {name}", "appears twice in the header")
+        elif name in RESERVED_COLUMNS:
+            problems.add(
+                where, f"column {name}", f"the name is reserved for the {{{name}}} placeholder"
+            )
+        seen.add(name)
+    return problems.total == before
+
+
+def _check_phone_id(value: object, where: str, problems: Problems) -> str | None:
+    if isinstance(value, str) and valid_phone_id(value):
+        return value
+    if value is None or value == "":
+        problems.add(where, PHONE_ID_COLUMN, "missing")
+    else:
+        problems.add(
+            where,
+            PHONE_ID_COLUMN,
+            f"{show_value(value)}: not a valid phone ID ({PHONE_ID_RULE})",
+        )
+    return None
+
+
+def _read_csv(text: str, table: FleetTable, problems: Problems) -> None:
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if not _check_header(header, table.label, problems):
+            return
+        table.columns = [name for name in header if name != PHONE_ID_COLUMN]
+        key = header.index(PHONE_ID_COLUMN)
+        _read_csv_rows(reader, header, key, table, problems)
+    except csv.Error as exc:
+        problems.add(f"{table.label}:{reader.line_num}", "", f"not valid CSV: {exc}")
+
+
+def _read_csv_rows(
+    reader: Any, header: list[str], key: int, table: FleetTable, problems: Problems
+) -> None:
+    width = len(header)
+    last_line = reader.line_num
+    number = 0
+    for cells in reader:
+        line, last_line = last_line + 1, reader.line_num
+        if not cells or cells == [""]:
+            continue
+        number += 1
+        where = f"{table.label}:row {number} (line {line})"
+        if len(cells) > width:
+            problems.add(where, "", f"{len(cells)} cells but the header has {width} columns")
+            continue
+        cells += [""] * (width - len(cells))  # a short row leaves its last cells empty
+        phone_id = _check_phone_id(cells[key].strip(), where, problems)
+        if phone_id is None:
+            continue
+        row: Row = {header[i]: cell for i, cell in enumerate(cells) if cell and i != key}
+        table.add(phone_id, row, line)
+
+
+def _read_json(text: str, table: FleetTable, problems: Problems) -> None:
+    try:
+        for number, (item, line) in enumerate(_json_items(text), start=1):
+            _add_json_item(
+                item, f"{table.label}:item {number} (line {line})", line, table, problems
+            )
+    except _JsonSyntaxError as exc:
+        problems.add(f"{table.label}:{exc.line}", "", f"not a JSON list of objects: {exc}")
+    except (ValueError, RecursionError) as exc:
+        problems.add(table.label, "", f"unreadable JSON: {exc}")
+
+
+def _add_json_item(item: Any, where: str, line: int, table: FleetTable, problems: Problems) -> None:
+    if not isinstance(item, dict):
+        problems.add(where, "", "each item must be an object with a phone_id")
+        return
+    phone_id = _check_phone_id(item.get(PHONE_ID_COLUMN), where, problems)
+    row: Row = {}
+    for name, value in item.items():
+        if name == PHONE_ID_COLUMN or value is None or value == "":
+            continue
+        if name in RESERVED_COLUMNS:
+            problems.add(where, name, f"the name is reserved for the {{{name}}} placeholder")
+        elif not isinstance(value, str | int | float | bool):
+            problems.add(where, name, "must be a string, number or boolean")
+        else:
+            row[name] = value
+            if name not in table.column_set:
+                table.column_set.add(name)
+                table.columns.append(name)
+    if phone_id is not None:
+        table.add(phone_id, row, line)
+
+
+class _JsonSyntaxError(ValueError):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _json_items(text: str) -> Any:
+    """Yield ``(item, line)`` for each element of a top-level JSON array, tracking lines cheaply."""
+    decoder = json.JSONDecoder()
+    position = _skip_space(text, 0)
+    if not text.startswith("[", position):
+        raise _JsonSyntaxError("the file must hold a JSON list", text.count("\n", 0, position) + 1)
+    position = _skip_space(text, position + 1)
+    line, counted = 1, 0
+    if text.startswith("]", position):
+        position = _skip_space(text, position + 1)
+    else:
+        while True:
+            line += text.count("\n", counted, position)
+            counted = position
+            try:
+                item, position = decoder.raw_decode(text, position)
+            except json.JSONDecodeError as exc:
+                raise _JsonSyntaxError(exc.msg, exc.lineno) from exc
+            yield item, line
+            position = _skip_space(text, position)
+            if text.startswith(",", position):
+                position = _skip_space(text, position + 1)
+            elif text.startswith("]", position):
+                position = _skip_space(text, position + 1)
+                break
+            else:
+                raise _JsonSyntaxError("expected ',' or ']'", text.count("\n", 0, position) + 1)
+    if position != len(text):
+        raise _JsonSyntaxError("text after the list", text.count("\n", 0, position) + 1)
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position

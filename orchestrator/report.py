@@ -1,0 +1,89 @@
+"""The rollout report: one JSON object (or CSV rows) that says what happened to every phone.
+
+Its shape is a contract (README): ``rollout_id``, ``name``, ``status``, ``counts``, ``api_calls``
+and ``phones`` with ``phone_id``, ``state``, ``attempts``, ``job_id``, ``request_id``,
+``error_code``, ``error_msg`` each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.engine.states import PhoneRecord
+from orchestrator.errors import ConfigError
+
+__all__ = ["PHONE_FIELDS", "build_report", "phone_row", "write_report"]
+
+PHONE_FIELDS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_code", "error_msg")
+
+
+def phone_row(record: PhoneRecord) -> dict[str, Any]:
+    """One phone as the report shows it."""
+    return {
+        "phone_id": record.phone_id,
+        "state": str(record.state),
+        "attempts": record.attempts,
+        "job_id": record.job_id,
+        "request_id": record.request_id,
+        "error_code": record.error_code,
+        "error_msg": record.error_msg,
+    }
+
+
+def build_report(
+    *,
+    rollout_id: str,
+    name: str,
+    status: str,
+    counts: Mapping[str, int],
+    api_calls: Mapping[str, int],
+    records: Iterable[PhoneRecord],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report as a plain dict, phones in fleet order."""
+    ordered = sorted(records, key=lambda r: r.index)
+    return {
+        "rollout_id": rollout_id,
+        "name": name,
+        "status": status,
+        "counts": dict(counts),
+        "api_calls": dict(api_calls),
+        **(extra or {}),
+        "phones": [phone_row(r) for r in ordered],
+    }
+
+
+def _write_json(report: Mapping[str, Any], handle: Any) -> None:
+    json.dump(report, handle, indent=1, ensure_ascii=False)
+    handle.write("\n")
+
+
+def _write_csv(phones: Sequence[Mapping[str, Any]], handle: Any) -> None:
+    writer = csv.DictWriter(handle, fieldnames=PHONE_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(phones)
+
+
+def write_report(report: Mapping[str, Any], path: Path, *, fmt: str | None = None) -> None:
+    """Write atomically as JSON (the whole report) or CSV (one row a phone), by ``fmt`` or suffix."""
+    kind = fmt or path.suffix.lower().lstrip(".")
+    if kind not in ("json", "csv"):
+        raise ConfigError(f"report {path}: use a .json or .csv file name (or --format)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            if kind == "json":
+                _write_json(report, handle)
+            else:
+                _write_csv(report["phones"], handle)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,166 @@
+"""From a plan to a running engine: the glue the command line and the daemon share.
+
+Settings give defaults, the plan's policy overrides them, command-line flags override both.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import structlog
+
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.cph.client import CphClient, PhoneFilters
+from orchestrator.cph.errors import ThrottledError, TransientError
+from orchestrator.engine.options import EngineOptions, RestartMode
+from orchestrator.engine.policy import (
+    AbortThresholds,
+    RetryPolicy,
+    full_jitter_backoff_s,
+    wave_sizes,
+)
+from orchestrator.plan import KNOWN_PROPERTIES, FleetQuery, LoadedPlan, PhoneTarget, Policy
+from orchestrator.settings import RolloutSettings
+
+T = TypeVar("T")
+log = structlog.get_logger("orchestrator.service")
+
+READ_ATTEMPTS = 8
+READ_BACKOFF_BASE_S = 0.5
+READ_BACKOFF_CAP_S = 20.0
+LIST_PAGE = 200
+"""ListCloudPhones allows up to 200 a page (cph-api.md §5)."""
+
+__all__ = [
+    "Overrides",
+    "engine_options",
+    "estimate_duration_s",
+    "new_rollout_id",
+    "query_phone_ids",
+    "resolve_targets",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line flags that take precedence over the plan and the settings (None: not given)."""
+
+    batch_size: int | None = None
+    submit_rate_per_s: float | None = None
+    query_rate_per_s: float | None = None
+    max_attempts: int | None = None
+
+
+def new_rollout_id(now: datetime | None = None) -> str:
+    """A sortable, unique rollout ID such as ``ro-20261128-140512-3fa9``."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"ro-{stamp}-{secrets.token_hex(2)}"
+
+
+def _restart_properties() -> frozenset[str]:
+    return frozenset(name for name, spec in KNOWN_PROPERTIES.items() if spec.needs_restart)
+
+
+def engine_options(
+    policy: Policy,
+    defaults: RolloutSettings,
+    overrides: Overrides = Overrides(),
+    *,
+    seed: int | None = None,
+) -> EngineOptions:
+    """Merge settings, the plan's policy and the flags into the engine's options."""
+    retry = RetryPolicy(
+        max_attempts=overrides.max_attempts or policy.max_attempts,
+        retry_codes=policy.retry_codes,
+    )
+    abort = AbortThresholds(
+        max_failure_percent=policy.abort.max_failure_percent,
+        max_failures=policy.abort.max_failures,
+        min_executed=policy.abort.min_executed,
+    )
+    return EngineOptions(
+        retry=retry,
+        batch_size=overrides.batch_size or policy.batch_size or defaults.batch_size,
+        submit_rate_per_s=overrides.submit_rate_per_s or defaults.submit_rate_per_s,
+        query_rate_per_s=overrides.query_rate_per_s or defaults.query_rate_per_s,
+        max_submits_in_flight=defaults.max_submits_in_flight,
+        max_queries_in_flight=defaults.max_queries_in_flight,
+        abort=abort,
+        waves=policy.waves,
+        bake_s=policy.bake_s,
+        job_timeout_s=policy.job_timeout_s,
+        restart=RestartMode(policy.restart_after.value),
+        restart_properties=_restart_properties(),
+        progress_interval_s=defaults.progress_interval_s,
+        stop_grace_s=defaults.stop_grace_s,
+        first_poll_s=defaults.first_poll_s,
+        seed=seed,
+    )
+
+
+async def _read_with_retries(read: Callable[[], Awaitable[T]], *, clock: Clock) -> T:
+    """Retry an idempotent read through throttling and transient failures, with backoff."""
+    rng = random.Random()
+    for attempt in itertools.count(1):
+        try:
+            return await read()
+        except (ThrottledError, TransientError) as error:
+            if attempt >= READ_ATTEMPTS:
+                raise
+            wait = getattr(error, "retry_after_s", None) or full_jitter_backoff_s(
+                attempt, base_s=READ_BACKOFF_BASE_S, cap_s=READ_BACKOFF_CAP_S, rng=rng
+            )
+            log.warning(
+                "api.error", retry_in_s=round(wait, 3), attempt=attempt, **error.log_fields()
+            )
+            await clock.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+async def query_phone_ids(client: CphClient, query: FleetQuery, *, clock: Clock) -> list[str]:
+    """Every phone ID matching the plan's query, page by page, each page retried on its own."""
+    filters = PhoneFilters(query.server_id, query.status, query.phone_name)
+    found: list[str] = []
+    while True:
+        read = functools.partial(
+            client.list_phones_page, filters, offset=len(found), limit=LIST_PAGE
+        )
+        page = await _read_with_retries(read, clock=clock)
+        found.extend(phone.phone_id for phone in page.phones)
+        full = len(page.phones) == LIST_PAGE
+        if not full or (page.count is not None and len(found) >= page.count):
+            return found
+
+
+async def resolve_targets(
+    loaded: LoadedPlan, client: CphClient | None, *, clock: Clock | None = None
+) -> list[PhoneTarget]:
+    """Render every phone of the plan, looking the plan's ``query`` up through ListCloudPhones."""
+    query = loaded.plan.fleet.query
+    queried: list[str] = []
+    if query is not None and client is not None:
+        queried = await query_phone_ids(client, query, clock=clock or SystemClock())
+    return loaded.targets(queried)
+
+
+def estimate_duration_s(phones: int, options: EngineOptions, *, job_duration_s: float) -> float:
+    """The shortest time the cloud allows: ``N/(R·B) + D`` per wave, plus the bakes between waves.
+
+    Waves run one after another, so each pays the job duration once.
+    """
+    sizes = wave_sizes(options.waves, phones)
+    per_request = options.batch_size * options.submit_rate_per_s
+    submit_s = sum(size / per_request for size in sizes)
+    return submit_s + len(sizes) * job_duration_s + max(0, len(sizes) - 1) * options.bake_s
+
+
+def batch_count(wave_sizes_: Sequence[int], batch_size: int) -> int:
+    """Requests needed to send every wave once (waves do not share batches)."""
+    return sum(-(-size // batch_size) for size in wave_sizes_)
