@@ -26,5 +26,8 @@ typecheck: install
 unit: install
 	$(BIN)/pytest
 
+demo: install
+	$(BIN)/cph-orchestrator demo
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -23,8 +23,7 @@ from orchestrator.cph.client import CphClient
 from orchestrator.cph.connect import open_client
 from orchestrator.engine.options import EngineOptions
 from orchestrator.engine.runner import RolloutEngine, RolloutResult, RolloutStatus
-from orchestrator.engine.states import PhoneState
-from orchestrator.plan import LoadedPlan, PhoneTarget
+from orchestrator.plan import LoadedPlan, PhoneTarget, wave_sizes
 from orchestrator.progress import ProgressBar, summary_lines
 from orchestrator.report import build_report, write_report
 from orchestrator.service import (
@@ -166,8 +165,6 @@ def _finish(result: RolloutResult, request: RolloutRequest) -> int:
     ):
         print(line)
     print(f"  report: {report_path}")
-    left = sum(1 for r in result.records if r.state is not PhoneState.SUCCEEDED)
-    log.debug("rollout.report_written", path=str(report_path), not_succeeded=left)
     return exit_code_for(result)
 
 
@@ -175,8 +172,6 @@ def dry_run_lines(
     loaded: LoadedPlan, targets: list[PhoneTarget], options: EngineOptions, job_duration_s: float
 ) -> list[str]:
     """What a rollout would do, without sending anything."""
-    from orchestrator.engine.policy import wave_sizes
-
     sizes = wave_sizes(options.waves, len(targets))
     estimate = estimate_duration_s(len(targets), options, job_duration_s=job_duration_s)
     lines = [

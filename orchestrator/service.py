@@ -24,9 +24,15 @@ from orchestrator.engine.policy import (
     AbortThresholds,
     RetryPolicy,
     full_jitter_backoff_s,
+)
+from orchestrator.plan import (
+    KNOWN_PROPERTIES,
+    FleetQuery,
+    LoadedPlan,
+    PhoneTarget,
+    Policy,
     wave_sizes,
 )
-from orchestrator.plan import KNOWN_PROPERTIES, FleetQuery, LoadedPlan, PhoneTarget, Policy
 from orchestrator.settings import RolloutSettings
 
 T = TypeVar("T")
@@ -79,6 +85,9 @@ def engine_options(
     retry = RetryPolicy(
         max_attempts=overrides.max_attempts or policy.max_attempts,
         retry_codes=policy.retry_codes,
+        base_s=policy.backoff_base_s,
+        slow_base_s=policy.backoff_slow_base_s,
+        cap_s=policy.backoff_cap_s,
     )
     abort = AbortThresholds(
         max_failure_percent=policy.abort.max_failure_percent,

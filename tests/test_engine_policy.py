@@ -20,8 +20,8 @@ from orchestrator.engine.policy import (
     RetryPolicy,
     abort_reason,
     full_jitter_backoff_s,
-    wave_sizes,
 )
+from orchestrator.plan import wave_sizes
 
 SEEDS = range(200)
 OUR_CODES = (JOB_TIMEOUT_CODE, MISSING_FROM_ANSWER_CODE, JOB_VANISHED_CODE, REQUEST_FAILED_CODE)

@@ -13,7 +13,6 @@ from orchestrator.plan import (
     AbortPolicy,
     Plan,
     PlanError,
-    Policy,
     RestartAfter,
     load_plan_data,
     needs_restart,
@@ -193,25 +192,6 @@ def test_data_plans_may_not_read_files_without_a_base_dir() -> None:
 def test_wave_sizes(waves: tuple[int | str, ...], fleet: int, expected: list[int]) -> None:
     assert wave_sizes(waves, fleet) == expected
     assert sum(expected) == fleet
-
-
-def test_policy_wave_sizes_uses_its_waves() -> None:
-    policy = Policy.model_validate({"waves": [1, "50%"]})
-    assert policy.wave_sizes(4) == [1, 2, 1]
-
-
-def test_abort_thresholds() -> None:
-    never = AbortPolicy()
-    assert not never.tripped(failed=1000, finished=1000)
-    count = AbortPolicy(max_failures=2)
-    assert not count.tripped(failed=2, finished=2)
-    assert count.tripped(failed=3, finished=3)
-    first = AbortPolicy(max_failures=0)
-    assert first.tripped(failed=1, finished=1)
-    percent = AbortPolicy(max_failure_percent=5, min_executed=20)
-    assert not percent.tripped(failed=5, finished=10)  # too few finished to judge
-    assert not percent.tripped(failed=1, finished=20)
-    assert percent.tripped(failed=2, finished=20)
 
 
 def test_needs_restart() -> None:

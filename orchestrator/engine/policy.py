@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -21,7 +21,6 @@ __all__ = [
     "RetryPolicy",
     "abort_reason",
     "full_jitter_backoff_s",
-    "wave_sizes",
 ]
 
 JOB_TIMEOUT_CODE = "JOB_TIMEOUT"
@@ -124,29 +123,3 @@ def abort_reason(*, succeeded: int, failed: int, thresholds: AbortThresholds) ->
         share = failed * 100.0 / executed
         return f"{share:.1f}% of {executed} executed phones failed, more than {limit:g}%"
     return None
-
-
-def _wave_size(spec: int | str, fleet_size: int) -> int:
-    if isinstance(spec, int):
-        return max(1, spec)
-    percent = float(spec.strip().removesuffix("%"))
-    return max(1, math.ceil(fleet_size * percent / 100.0))
-
-
-def wave_sizes(waves: Sequence[int | str], fleet_size: int) -> list[int]:
-    """Sizes of successive waves, Ansible ``serial`` style: the last entry repeats until done.
-
-    ``[10, "10%", "100%"]`` over 1,000 phones gives ``[10, 100, 890]``.
-    """
-    if fleet_size <= 0:
-        return []
-    specs = list(waves) or ["100%"]
-    sizes: list[int] = []
-    remaining = fleet_size
-    position = 0
-    while remaining > 0:
-        size = min(remaining, _wave_size(specs[min(position, len(specs) - 1)], fleet_size))
-        sizes.append(size)
-        remaining -= size
-        position += 1
-    return sizes

@@ -43,11 +43,11 @@ from orchestrator.engine.policy import (
     REQUEST_FAILED_CODE,
     RetryAction,
     abort_reason,
-    wave_sizes,
 )
 from orchestrator.engine.polling import PollTiming
 from orchestrator.engine.rate import AdaptiveRate, Budget
 from orchestrator.engine.states import FleetTable, PhoneRecord, PhoneState, Stage
+from orchestrator.plan import wave_sizes
 
 __all__ = ["RolloutEngine", "RolloutResult", "RolloutStatus", "Target"]
 
@@ -552,7 +552,7 @@ class RolloutEngine:
                 self.table.move(record, PhoneState.CANCELLED)
                 self._wave_left[record.wave] -= 1
                 cancelled += 1
-        log.error("rollout.aborted", reason=reason, cancelled=cancelled, **self._count_fields())
+        log.error("rollout.aborted", reason=reason, cancelled_now=cancelled, **self._count_fields())
         self._spawn(self._journal.save([r for r in self.table if r.terminal]), name="journal")
         self._check_done()
 
@@ -837,6 +837,9 @@ class RolloutEngine:
         self._tasks.clear()
 
     def _result(self) -> RolloutResult:
+        for record in self.table:
+            if record.state is PhoneState.SUBMITTING:  # the answer never came: resend on resume
+                self.table.move(record, PhoneState.PENDING)
         counts = self.table.count_summary()
         status = self._status(counts)
         result = RolloutResult(

@@ -28,9 +28,7 @@ class PlanProblem:
     message: str
 
     def __str__(self) -> str:
-        if self.field:
-            return f"{self.where}: {self.field}: {self.message}"
-        return f"{self.where}: {self.message}"
+        return ": ".join(part for part in (self.where, self.field, self.message) if part)
 
 
 class PlanError(OrchestratorError):

@@ -441,8 +441,16 @@ def _read_table(
             "not allowed in a plan that is not read from a file: list the phones instead",
         )
         return None
+    path = base_dir / file
+    if not path.is_file():
+        problems.add(
+            _where(label, locator, ("fleet", "file")),
+            "fleet.file",
+            f"cannot read the fleet file {path}: no such file",
+        )
+        return None
     try:
-        return read_fleet_file(base_dir / file, str(base_dir / file))
+        return read_fleet_file(path, str(path))
     except PlanError as exc:
         problems.extend(exc)
         return None

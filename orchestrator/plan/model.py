@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -70,6 +71,9 @@ DEFAULT_RETRY_CODES: frozenset[str] = frozenset(
 DEFAULT_WAVES: tuple[int | str, ...] = ("100%",)
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_JOB_TIMEOUT_S = 600.0
+DEFAULT_BACKOFF_BASE_S = 1.0
+DEFAULT_SLOW_BACKOFF_BASE_S = 5.0
+DEFAULT_BACKOFF_CAP_S = 60.0
 DEFAULT_MIN_EXECUTED = 10
 """Finished phones needed before ``abort.max_failure_percent`` is judged (one early failure is 100%)."""
 
@@ -200,14 +204,6 @@ class AbortPolicy(_Frozen):
     max_failures: Annotated[StrictInt, Field(ge=0)] | None = None
     min_executed: Annotated[StrictInt, Field(ge=0)] = DEFAULT_MIN_EXECUTED
 
-    def tripped(self, *, failed: int, finished: int) -> bool:
-        """True if ``failed`` phones out of ``finished`` (succeeded plus failed) calls for an abort."""
-        if self.max_failures is not None and failed > self.max_failures:
-            return True
-        if self.max_failure_percent is None or finished < max(self.min_executed, 1):
-            return False
-        return failed * 100 > self.max_failure_percent * finished
-
 
 class Policy(_Frozen):
     """How the rollout proceeds: batches, waves, retries, abort thresholds, timeouts, restarts."""
@@ -220,12 +216,13 @@ class Policy(_Frozen):
     retry_codes: frozenset[ErrorCode] = DEFAULT_RETRY_CODES
     abort: AbortPolicy = AbortPolicy()
     job_timeout_s: Annotated[Seconds, Field(gt=0)] = DEFAULT_JOB_TIMEOUT_S
+    backoff_base_s: Annotated[Seconds, Field(gt=0)] = DEFAULT_BACKOFF_BASE_S
+    """Retry n waits a random time up to ``base·2^(n-1)`` (full jitter), at most ``backoff_cap_s``."""
+    backoff_slow_base_s: Annotated[Seconds, Field(gt=0)] = DEFAULT_SLOW_BACKOFF_BASE_S
+    """The base for CPS.0005 (phone not found), which heals only once a new phone is created."""
+    backoff_cap_s: Annotated[Seconds, Field(gt=0)] = DEFAULT_BACKOFF_CAP_S
     restart_after: RestartAfter = RestartAfter.NEVER
     strict_properties: StrictBool = False
-
-    def wave_sizes(self, fleet_size: int) -> list[int]:
-        """The size of each wave for this fleet (see :func:`wave_sizes`)."""
-        return wave_sizes(self.waves, fleet_size)
 
 
 def _one_wave(size: int | str, fleet_size: int) -> int:
@@ -235,7 +232,7 @@ def _one_wave(size: int | str, fleet_size: int) -> int:
     return max(1, math.ceil(Decimal(fleet_size) * percent / 100))
 
 
-def wave_sizes(waves: tuple[int | str, ...], fleet_size: int) -> list[int]:
+def wave_sizes(waves: Sequence[int | str], fleet_size: int) -> list[int]:
     """Split a fleet into waves with Ansible ``serial`` semantics.
 
     Each entry is one wave: a count, or a percentage of the whole fleet rounded up (at least 1).
