@@ -113,6 +113,9 @@ CATALOGUE: dict[str, Event] = {
     "auth.token_refreshed": Event(
         "info", ("username", "generation"), "a new IAM token was obtained"
     ),
+    "journal.failed": Event(
+        "error", ("error", "phones"), "the journal cannot be written: submitting stops at once"
+    ),
     "engine.task_failed": Event(
         "error", ("task", "error"), "an internal error stopped the rollout (a bug: please report)"
     ),

@@ -198,9 +198,9 @@ async def run_rollout(
 def assert_end_state(run: Run, sim: SimulatorServer, targets: Sequence[PhoneTarget]) -> None:
     """Every phone of the plan ends in exactly one state, and the report agrees with the cloud.
 
-    A ``succeeded`` phone holds the desired properties on the simulator; a ``failed`` or
-    ``cancelled`` one carries an error code (a cancelled phone that was never sent may have none,
-    which :func:`assert_end_state` accepts only for ``cancelled``).
+    A ``succeeded`` phone holds the desired properties on the simulator; a ``failed`` one carries
+    an error code; a ``cancelled`` one carries one too unless it was never sent (the engine gives
+    phones cancelled before their first attempt no code) or had finished its update.
     """
     result = run.result
     records = run.by_id()

@@ -446,7 +446,9 @@ def test_json_fleet_errors(tmp_path: Path, json_text: str, expected: str) -> Non
 
 def test_missing_fleet_file(tmp_path: Path) -> None:
     path = write(tmp_path, "p.yaml", "name: p\nfleet: {file: nope.csv}\n")
-    assert f"{tmp_path / 'nope.csv'}: cannot read the fleet file" in load_error(path)
+    message = load_error(path)
+    assert "p.yaml:2: fleet.file: cannot read the fleet file" in message
+    assert str(tmp_path / "nope.csv") in message
 
 
 # -- duplicates and the query ------------------------------------------------------------------

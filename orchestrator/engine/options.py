@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from orchestrator.engine.policy import AbortThresholds, RetryPolicy
 
@@ -16,6 +17,8 @@ __all__ = [
     "DEFAULT_SUBMIT_RATE_PER_S",
     "EngineOptions",
     "RestartMode",
+    "options_from_data",
+    "options_to_data",
 ]
 
 DEFAULT_BATCH_SIZE = 100
@@ -64,3 +67,66 @@ class EngineOptions:
     stop_grace_s: float = DEFAULT_STOP_GRACE_S
     first_poll_s: float = 2.0
     seed: int | None = None
+
+
+def options_to_data(options: EngineOptions) -> dict[str, Any]:
+    """JSON-able form, kept in the journal so that a resumed rollout keeps its policy."""
+    retry = options.retry
+    abort = options.abort
+    return {
+        "retry": {
+            "max_attempts": retry.max_attempts,
+            "retry_codes": sorted(retry.retry_codes),
+            "slow_codes": sorted(retry.slow_codes),
+            "base_s": retry.base_s,
+            "slow_base_s": retry.slow_base_s,
+            "cap_s": retry.cap_s,
+        },
+        "abort": {
+            "max_failure_percent": abort.max_failure_percent,
+            "max_failures": abort.max_failures,
+            "min_executed": abort.min_executed,
+        },
+        "batch_size": options.batch_size,
+        "submit_rate_per_s": options.submit_rate_per_s,
+        "query_rate_per_s": options.query_rate_per_s,
+        "max_submits_in_flight": options.max_submits_in_flight,
+        "max_queries_in_flight": options.max_queries_in_flight,
+        "waves": list(options.waves),
+        "bake_s": options.bake_s,
+        "job_timeout_s": options.job_timeout_s,
+        "restart": str(options.restart),
+        "restart_properties": sorted(options.restart_properties),
+        "progress_interval_s": options.progress_interval_s,
+        "stop_grace_s": options.stop_grace_s,
+        "first_poll_s": options.first_poll_s,
+    }
+
+
+def options_from_data(data: Mapping[str, Any]) -> EngineOptions:
+    """Rebuild options written by :func:`options_to_data`."""
+    retry = data["retry"]
+    return EngineOptions(
+        retry=RetryPolicy(
+            max_attempts=retry["max_attempts"],
+            retry_codes=frozenset(retry["retry_codes"]),
+            slow_codes=frozenset(retry["slow_codes"]),
+            base_s=retry["base_s"],
+            slow_base_s=retry["slow_base_s"],
+            cap_s=retry["cap_s"],
+        ),
+        abort=AbortThresholds(**data["abort"]),
+        batch_size=data["batch_size"],
+        submit_rate_per_s=data["submit_rate_per_s"],
+        query_rate_per_s=data["query_rate_per_s"],
+        max_submits_in_flight=data["max_submits_in_flight"],
+        max_queries_in_flight=data["max_queries_in_flight"],
+        waves=tuple(data["waves"]),
+        bake_s=data["bake_s"],
+        job_timeout_s=data["job_timeout_s"],
+        restart=RestartMode(data["restart"]),
+        restart_properties=frozenset(data["restart_properties"]),
+        progress_interval_s=data["progress_interval_s"],
+        stop_grace_s=data["stop_grace_s"],
+        first_poll_s=data["first_poll_s"],
+    )

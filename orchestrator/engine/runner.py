@@ -15,9 +15,10 @@ import itertools
 import json
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -43,10 +44,12 @@ from orchestrator.engine.policy import (
     REQUEST_FAILED_CODE,
     RetryAction,
     abort_reason,
+    full_jitter_backoff_s,
 )
 from orchestrator.engine.polling import PollTiming
 from orchestrator.engine.rate import AdaptiveRate, Budget
 from orchestrator.engine.states import FleetTable, PhoneRecord, PhoneState, Stage
+from orchestrator.errors import OrchestratorError
 from orchestrator.plan import wave_sizes
 
 __all__ = ["RolloutEngine", "RolloutResult", "RolloutStatus", "Target"]
@@ -58,6 +61,9 @@ ACCOUNT_LEVEL_CODES = frozenset({"CPS.0001", "CPS.0006", "CPS.0007", "CPS.0008"}
 LIST_JOBS_MAX_IDS = 20
 LIST_JOBS_PAGE = 100
 POLL_RETRY_S = 1.0
+MIN_REQUEST_FAILURES = 6
+REQUEST_FAILURES_PER_ATTEMPT = 2
+"""Whole-request failures a phone may see, per attempt it is allowed, before it fails."""
 
 
 class Target(Protocol):
@@ -108,6 +114,7 @@ class _Track:
     submitted_at: float
     jobs: dict[str, PhoneRecord] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
+    last_polled_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -182,6 +189,10 @@ class RolloutEngine:
         self._reason: str | None = None
         self._started_at = 0.0
         self.progress = _Progress()
+        self._request_failures: Counter[str] = Counter()
+        self._max_request_failures = max(
+            MIN_REQUEST_FAILURES, REQUEST_FAILURES_PER_ATTEMPT * options.retry.max_attempts
+        )
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -222,6 +233,8 @@ class RolloutEngine:
             asyncio.create_task(self._track_loop(), name="tracker"),
             asyncio.create_task(self._progress_loop(), name="progress"),
         ]
+        for loop_task in loops:
+            loop_task.add_done_callback(self._task_done)
         self._check_done()
         try:
             await self._finished.wait()
@@ -249,7 +262,9 @@ class RolloutEngine:
             if self._wave_left[number] == 0:
                 continue
             log.info("wave.started", wave=number, phones=len(wave))
-            self._ready.extend(r for r in wave if r.state is PhoneState.PENDING)
+            for record in wave:
+                if record.state is PhoneState.PENDING:
+                    self._enqueue(record)
             await self._drive_wave(number)
             if self._stop is None and number + 1 < len(self._waves):
                 log.info("wave.completed", wave=number, bake_s=self.options.bake_s)
@@ -311,9 +326,10 @@ class RolloutEngine:
                 self.table.move(record, PhoneState.SUBMITTING)
                 record.batch_id = batch_id
                 record.submitted_at = sent_at
-            await self._journal.save(batch)
+            if not await self._persist(batch):
+                return  # the intent is not on record: do not send
             await self._submit_and_handle(batch, batch_id, sent_at)
-            await self._journal.save(batch)
+            await self._persist(batch)
         finally:
             self._submit.release()
             self._wake_submit.set()
@@ -414,14 +430,32 @@ class RolloutEngine:
                 self.table.move(record, PhoneState.PENDING)
 
     def _on_request_failed(self, batch: list[PhoneRecord], error: ApiError) -> None:
+        """The request failed as a whole: resend the phones, without charging their attempts.
+
+        A 5xx, timeout or dropped connection says nothing about the phones, so they keep their
+        attempts (and their last real error); a separate budget bounds such resends.
+        """
         unknown = isinstance(error, TransientError) and error.outcome_unknown
         if unknown:
             self.progress.resends_outcome_unknown += len(batch)
         log.warning("api.error", phones=len(batch), outcome_unknown=unknown, **error.log_fields())
+        message = f"{error.error_code or REQUEST_FAILED_CODE}: {error}"
         for record in batch:
-            record.attempts += 1
-            code = error.error_code or REQUEST_FAILED_CODE
-            self._fail_or_retry(record, REQUEST_FAILED_CODE, f"{code}: {error}", request_id=None)
+            self._request_failures[record.phone_id] += 1
+            failures = self._request_failures[record.phone_id]
+            if failures > self._max_request_failures:
+                record.attempts += 1
+                self._fail(record, REQUEST_FAILED_CODE, message, error.request_id or None)
+                continue
+            self.table.move(record, PhoneState.RETRY_WAIT)
+            delay = full_jitter_backoff_s(
+                failures,
+                base_s=self.options.retry.base_s,
+                cap_s=self.options.retry.cap_s,
+                rng=self._rng,
+            )
+            self._schedule_retry(record, delay)
+            self._log_retry(record, REQUEST_FAILED_CODE, message, delay, error.request_id)
 
     def _on_rejected(self, batch: list[PhoneRecord], error: PermanentError) -> None:
         log.warning("api.error", phones=len(batch), **error.log_fields())
@@ -460,19 +494,27 @@ class RolloutEngine:
             self._phone_terminal(record)
             return
         self.table.move(record, PhoneState.RETRY_WAIT)
-        record.retry_at = self._clock.monotonic() + decision.delay_s
+        self._schedule_retry(record, decision.delay_s)
+        self._log_retry(record, code, message, decision.delay_s, request_id)
+
+    def _schedule_retry(self, record: PhoneRecord, delay_s: float) -> None:
+        record.retry_at = self._clock.monotonic() + delay_s
         heapq.heappush(self._retry_heap, (record.retry_at, next(self._order), record))
+        self._wake_submit.set()
+
+    def _log_retry(
+        self, record: PhoneRecord, code: str, message: str, delay_s: float, request_id: str | None
+    ) -> None:
         log.info(
             "phone.retry_scheduled",
             phone_id=record.phone_id,
             error_code=code,
             error_msg=message,
             attempts=record.attempts,
-            delay_s=round(decision.delay_s, 3),
+            delay_s=round(delay_s, 3),
             request_id=request_id,
             stage=str(record.stage),
         )
-        self._wake_submit.set()
 
     def _fail(self, record: PhoneRecord, code: str, message: str, request_id: str | None) -> None:
         record.error_code, record.error_msg = code, message
@@ -497,6 +539,7 @@ class RolloutEngine:
             return
         self.table.move(record, PhoneState.SUCCEEDED)
         self._phone_terminal(record)
+        self._check_abort_gate()  # a success can bring the executed count up to min_executed
 
     def _restart_wanted(self, record: PhoneRecord) -> bool:
         if self.options.restart is RestartMode.ALWAYS:
@@ -550,11 +593,27 @@ class RolloutEngine:
         for record in self.table:
             if record.state in (PhoneState.PENDING, PhoneState.RETRY_WAIT):
                 self.table.move(record, PhoneState.CANCELLED)
+                record.error_msg = f"not sent: {reason}"
                 self._wave_left[record.wave] -= 1
                 cancelled += 1
         log.error("rollout.aborted", reason=reason, cancelled_now=cancelled, **self._count_fields())
-        self._spawn(self._journal.save([r for r in self.table if r.terminal]), name="journal")
+        self._spawn(self._persist_quietly([r for r in self.table if r.terminal]), name="journal")
         self._check_done()
+
+    async def _persist(self, records: Sequence[PhoneRecord]) -> bool:
+        """Journal these records; on failure stop the rollout (nothing unrecorded is sent)."""
+        try:
+            await self._journal.save(records)
+        except OrchestratorError as error:
+            if self._stop is not _Stop.FATAL:
+                log.error("journal.failed", error=str(error), phones=len(records))
+                self._set_stop(_Stop.FATAL, f"the journal cannot be written: {error}")
+                self._finished.set()
+            return False
+        return True
+
+    async def _persist_quietly(self, records: Sequence[PhoneRecord]) -> None:
+        await self._persist(records)
 
     def _set_stop(self, kind: _Stop, reason: str) -> None:
         self._stop = kind
@@ -676,8 +735,10 @@ class RolloutEngine:
         changed.extend(await self._check_unseen(request_ids, seen, now))
         for request_id in request_ids:
             self._after_poll(request_id, now)
+            if (track := self._tracks.get(request_id)) is not None:
+                track.last_polled_at = now
         if changed:
-            await self._journal.save(changed)
+            await self._persist(changed)
         if finished["succeeded"] or finished["failed"]:
             log.info("jobs.finished", request_ids=request_ids, **finished)
         self._check_done()
@@ -693,7 +754,7 @@ class RolloutEngine:
     def _on_job_end(self, record: PhoneRecord, job: Job, now: float, tally: dict[str, int]) -> None:
         self._forget_job(record)
         if job.status == JobStatus.SUCCEEDED:
-            self._timing.estimator.add(now - record.submitted_at)
+            self._learn_duration(job, record, now)
             tally["succeeded"] += 1
             self._succeed(record)
             return
@@ -701,6 +762,19 @@ class RolloutEngine:
         code = job.error_code or JOB_FAILED_CODE
         message = job.error_msg or f"job {job.job_id} ended with status {job.status}"
         self._fail_or_retry(record, code, message, request_id=record.request_id)
+
+    def _learn_duration(self, job: Job, record: PhoneRecord, now: float) -> None:
+        """Learn how long jobs run: from the cloud's own begin/end times when it gives them.
+
+        The time at which a poll *saw* the job finished is no measure: it includes our own
+        waiting, and learning it would make every next wait longer.
+        """
+        duration = _server_duration_s(job)
+        if duration is None:
+            track = self._tracks.get(record.request_id or "")
+            last_look = max(track.last_polled_at if track else 0.0, record.submitted_at)
+            duration = max(0.0, last_look - record.submitted_at)
+        self._timing.estimator.add(duration)
 
     def _forget_job(self, record: PhoneRecord) -> None:
         track = self._tracks.get(record.request_id or "")
@@ -765,10 +839,11 @@ class RolloutEngine:
     def _resume_live_records(self) -> None:
         """Phones restored from a journal: re-track running jobs, requeue what was never sent."""
         for record in self.table:
-            if record.state is PhoneState.SUBMITTING:
+            if record.state in (PhoneState.SUBMITTING, PhoneState.RETRY_WAIT):
+                self.table.move(record, PhoneState.PENDING)  # resent in its wave
+            if record.state is PhoneState.RUNNING and not (record.request_id and record.job_id):
+                self.table.move(record, PhoneState.RETRY_WAIT)
                 self.table.move(record, PhoneState.PENDING)
-            if record.state is PhoneState.RETRY_WAIT:
-                heapq.heappush(self._retry_heap, (0.0, next(self._order), record))
             if record.state is PhoneState.RUNNING and record.request_id and record.job_id:
                 track = self._tracks.setdefault(
                     record.request_id, _Track(record.request_id, self._clock.monotonic())
@@ -799,7 +874,10 @@ class RolloutEngine:
             snapshot = self.snapshot()
             log.info("rollout.progress", **snapshot)
             if self._on_progress is not None:
-                self._on_progress(snapshot)
+                try:
+                    self._on_progress(snapshot)
+                except Exception as error:  # a display must not stop a rollout
+                    log.warning("engine.task_failed", task="on_progress", error=repr(error))
 
     def snapshot(self) -> dict[str, Any]:
         """Counts, rates and ETA for progress displays and the daemon's status."""
@@ -902,3 +980,13 @@ class RolloutEngine:
             for task in (waiter, sleeper, stop_waiter):
                 if task is not None:
                     task.cancel()
+
+
+def _server_duration_s(job: Job) -> float | None:
+    """How long the cloud says the job ran (``end_time - begin_time``), when both are readable."""
+    try:
+        begin = datetime.fromisoformat((job.begin_time or "").replace("Z", "+00:00"))
+        end = datetime.fromisoformat((job.end_time or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (end - begin).total_seconds())

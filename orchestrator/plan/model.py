@@ -227,7 +227,7 @@ class Policy(_Frozen):
 
 def _one_wave(size: int | str, fleet_size: int) -> int:
     if isinstance(size, int):
-        return size
+        return max(1, size)
     percent = Decimal(size.removesuffix("%"))
     return max(1, math.ceil(Decimal(fleet_size) * percent / 100))
 
@@ -239,11 +239,12 @@ def wave_sizes(waves: Sequence[int | str], fleet_size: int) -> list[int]:
     The last entry repeats until every phone is covered; the last wave may be smaller. The sizes
     add up to ``fleet_size``.
     """
+    specs = list(waves) or list(DEFAULT_WAVES)
     sizes: list[int] = []
     remaining = fleet_size
     position = 0
     while remaining > 0:
-        size = min(_one_wave(waves[min(position, len(waves) - 1)], fleet_size), remaining)
+        size = min(_one_wave(specs[min(position, len(specs) - 1)], fleet_size), remaining)
         sizes.append(size)
         remaining -= size
         position += 1

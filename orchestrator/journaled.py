@@ -1,0 +1,211 @@
+"""Running rollouts against the journal: create, resume, rerun the failed, one runner at a time.
+
+The engine knows only :class:`~orchestrator.engine.journal.Journal`; this module ties it to a
+:class:`~orchestrator.store.base.RolloutStore`, holds the rollout's lease while it runs, and writes
+the rollout's header (status, reason, API calls) when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from orchestrator.cph.client import CphClient
+from orchestrator.cph.models import PropertyUpdate
+from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
+from orchestrator.engine.runner import RolloutEngine, RolloutResult
+from orchestrator.engine.states import PhoneRecord, PhoneState
+from orchestrator.errors import ConfigError
+from orchestrator.store.base import (
+    LeaseHeldError,
+    RolloutMeta,
+    RolloutStore,
+    StoredPhone,
+)
+
+__all__ = [
+    "LEASE_TTL_S",
+    "EngineRunner",
+    "JournalTarget",
+    "StoreJournal",
+    "create_rollout",
+    "lease_owner",
+    "load_for_resume",
+    "open_store",
+    "run_journaled",
+]
+
+log = structlog.get_logger("orchestrator.journaled")
+
+LEASE_TTL_S = 30.0
+"""A crashed runner's lease lapses after this; a dead local process's lease is taken at once."""
+RUNNING = "running"
+FINISHED_STATUSES = frozenset({"succeeded", "completed_with_failures", "aborted"})
+
+EngineRunner = Callable[
+    [RolloutEngine], "asyncio.Future[RolloutResult] | asyncio.Task[RolloutResult]"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalTarget:
+    """A phone and its payload as the journal holds them."""
+
+    phone_id: str
+    update: PropertyUpdate
+
+
+class StoreJournal:
+    """The engine's journal, written to one rollout of a store."""
+
+    def __init__(self, store: RolloutStore, rollout_id: str) -> None:
+        self._store = store
+        self._rollout_id = rollout_id
+
+    async def save(self, records: Sequence[PhoneRecord]) -> None:
+        """Write the records in one transaction."""
+        await self._store.save(self._rollout_id, records)
+
+
+def lease_owner() -> str:
+    """``host:pid:random``: lets the store tell a live runner from a crashed one."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+async def open_store(path: Path) -> RolloutStore:
+    """Open (or create) the SQLite journal at ``path``."""
+    from orchestrator.store.sqlite import SqliteStore
+
+    return await SqliteStore.open(path)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+async def create_rollout(
+    store: RolloutStore,
+    *,
+    rollout_id: str,
+    name: str,
+    targets: Sequence[tuple[int, str, PropertyUpdate]],
+    options: EngineOptions,
+    plan_source: str,
+) -> list[PhoneRecord]:
+    """Record a new rollout with every phone pending; returns the records to run."""
+    phones = [
+        StoredPhone(index, phone_id, update.property, update.custom_property)
+        for index, phone_id, update in targets
+    ]
+    records = [PhoneRecord(index=index, phone_id=phone_id) for index, phone_id, _ in targets]
+    meta = RolloutMeta(
+        rollout_id=rollout_id,
+        name=name,
+        status=RUNNING,
+        created_at=_now(),
+        updated_at=_now(),
+        options=options_to_data(options),
+        plan_source=plan_source,
+    )
+    await store.create_rollout(meta, phones, records)
+    return records
+
+
+async def load_for_resume(
+    store: RolloutStore, rollout_id: str
+) -> tuple[RolloutMeta, list[JournalTarget], list[PhoneRecord], EngineOptions]:
+    """Everything a resumed run needs; refuses a rollout that has already ended."""
+    meta = await store.get_rollout(rollout_id)
+    if meta.status in FINISHED_STATUSES:
+        raise ConfigError(
+            f"rollout {rollout_id} already ended ({meta.status}); use rerun-failed to try"
+            " its failed phones again"
+        )
+    stored, records = await store.load_phones(rollout_id)
+    targets = [JournalTarget(p.phone_id, _update(p)) for p in stored]
+    return meta, targets, records, options_from_data(meta.options)
+
+
+def _update(phone: StoredPhone) -> PropertyUpdate:
+    custom = dict(phone.custom_property) if phone.custom_property else None
+    return PropertyUpdate.model_construct(
+        phone_id=phone.phone_id, property=phone.property, custom_property=custom
+    )
+
+
+@contextlib.asynccontextmanager
+async def held_lease(
+    store: RolloutStore, rollout_id: str, *, on_lost: Callable[[str], None]
+) -> AsyncIterator[str]:
+    """Hold the rollout's lease while the block runs, renewing it; release it afterwards."""
+    owner = lease_owner()
+    await store.acquire_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
+    renewer = asyncio.create_task(_renew_forever(store, rollout_id, owner, on_lost))
+    try:
+        yield owner
+    finally:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+        with contextlib.suppress(Exception):
+            await store.release_lease(rollout_id, owner=owner)
+
+
+async def _renew_forever(
+    store: RolloutStore, rollout_id: str, owner: str, on_lost: Callable[[str], None]
+) -> None:
+    while True:
+        await asyncio.sleep(LEASE_TTL_S / 3)
+        try:
+            await store.renew_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
+        except LeaseHeldError as error:
+            on_lost(f"lease lost: {error}")
+            return
+
+
+def _merged_calls(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str, int]:
+    return {key: before.get(key, 0) + now.get(key, 0) for key in {*before, *now}}
+
+
+async def run_journaled(
+    store: RolloutStore,
+    *,
+    rollout_id: str,
+    name: str,
+    targets: Sequence[JournalTarget],
+    records: Sequence[PhoneRecord],
+    options: EngineOptions,
+    client: CphClient,
+    drive: Callable[[RolloutEngine], asyncio.Future[RolloutResult]],
+    calls_before: Mapping[str, int] | None = None,
+) -> RolloutResult:
+    """Run the engine under the lease, journaling every change; record how it ended."""
+    engine = RolloutEngine(
+        rollout_id=rollout_id,
+        name=name,
+        targets=targets,
+        client=client,
+        options=options,
+        journal=StoreJournal(store, rollout_id),
+        records=records,
+    )
+    async with held_lease(store, rollout_id, on_lost=engine.request_stop):
+        result = await drive(engine)
+    calls = _merged_calls(calls_before or {}, result.api_calls)
+    status = str(result.status)
+    await store.update_rollout(rollout_id, status=status, reason=result.reason, api_calls=calls)
+    return result
+
+
+def unfinished(records: Sequence[PhoneRecord]) -> int:
+    """Phones that are not in a terminal state."""
+    return sum(1 for r in records if r.state not in (PhoneState.SUCCEEDED, PhoneState.FAILED))

@@ -1,0 +1,155 @@
+"""The journal's interface: what the engine and the commands need from durable storage.
+
+Shaped so that a PostgreSQL implementation can follow the SQLite one: every method is a unit of
+work (one transaction), phones are addressed by ``(rollout_id, phone_id)``, and nothing leaks the
+storage's own types. Errors derive from :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from orchestrator.engine.states import PhoneRecord, PhoneState
+from orchestrator.errors import OrchestratorError
+
+__all__ = [
+    "LeaseHeldError",
+    "RolloutExistsError",
+    "RolloutMeta",
+    "RolloutNotFoundError",
+    "RolloutStore",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreUnavailableError",
+    "StoredPhone",
+]
+
+
+class StoreError(OrchestratorError):
+    """The journal could not do what was asked."""
+
+
+class StoreUnavailableError(StoreError):
+    """The journal cannot be written or read (read-only file, full disk, I/O error)."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not a journal of this tool, is damaged, or is from a newer version."""
+
+
+class RolloutNotFoundError(StoreError):
+    """No rollout with that ID in this journal."""
+
+
+class RolloutExistsError(StoreError):
+    """A rollout with that ID already exists in this journal."""
+
+
+class LeaseHeldError(StoreError):
+    """Another live process is running this rollout."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPhone:
+    """What is written once per phone when a rollout is created: its position and its payload."""
+
+    index: int
+    phone_id: str
+    property: str
+    """The ``property`` JSON string sent for this phone."""
+    custom_property: Mapping[str, str] | None = None
+
+
+@dataclass(slots=True)
+class RolloutMeta:
+    """One rollout's header row."""
+
+    rollout_id: str
+    name: str
+    status: str
+    """``running``, then the report's status once it ends."""
+    created_at: str
+    """ISO-8601 UTC."""
+    updated_at: str
+    options: Mapping[str, Any]
+    """The engine's options as JSON-able data, to resume with the same policy."""
+    plan_source: str = ""
+    reason: str | None = None
+    api_calls: Mapping[str, int] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    """Phones per state (every :class:`PhoneState` value); filled by the store on read."""
+
+
+class RolloutStore(Protocol):
+    """A durable journal of rollouts and their phones."""
+
+    async def create_rollout(
+        self, meta: RolloutMeta, phones: Sequence[StoredPhone], records: Sequence[PhoneRecord]
+    ) -> None:
+        """Write a new rollout, its phones' payloads and their initial records, all at once.
+
+        Raises :class:`RolloutExistsError` when the ID is taken.
+        """
+        ...
+
+    async def save(self, rollout_id: str, records: Sequence[PhoneRecord]) -> None:
+        """Write these phones' current fields in one transaction."""
+        ...
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        api_calls: Mapping[str, int] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Change the rollout's header (and its ``updated_at``)."""
+        ...
+
+    async def get_rollout(self, rollout_id: str) -> RolloutMeta:
+        """The header with live per-state counts; :class:`RolloutNotFoundError` if unknown."""
+        ...
+
+    async def list_rollouts(self) -> list[RolloutMeta]:
+        """Every rollout, newest first, with counts."""
+        ...
+
+    async def load_phones(self, rollout_id: str) -> tuple[list[StoredPhone], list[PhoneRecord]]:
+        """Everything needed to resume: payloads and records, in fleet order."""
+        ...
+
+    async def phones(
+        self,
+        rollout_id: str,
+        *,
+        state: PhoneState | None = None,
+        error_code: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[PhoneRecord]:
+        """Records filtered and paged, in fleet order (for reports and the daemon's API)."""
+        ...
+
+    async def acquire_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
+        """Become the one runner of this rollout; :class:`LeaseHeldError` if another live one is.
+
+        A lease whose holder is a process of this host that no longer exists, or whose expiry
+        has passed, is taken over.
+        """
+        ...
+
+    async def renew_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
+        """Extend our lease; :class:`LeaseHeldError` if it was taken over meanwhile."""
+        ...
+
+    async def release_lease(self, rollout_id: str, *, owner: str) -> None:
+        """Give the rollout up (no error if we do not hold it)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and close."""
+        ...
