@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
 from pydantic import SecretStr, ValidationError
 
-from orchestrator import __version__
+from orchestrator import __version__, journal_commands
 from orchestrator.cph.errors import ApiError
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.logging import configure_logging
@@ -70,6 +71,31 @@ def exit_on_errors(command: Callable[P, R]) -> Callable[P, R]:
             sys.exit(ExitCode.INVALID_INPUT)
 
     return wrapper
+
+
+STATE_OPTION = click.option(
+    "--state",
+    type=click.Path(path_type=Path),
+    help="The SQLite journal (default: rollout.state_path, cph-runs/journal.sqlite).",
+)
+RUN_OPTIONS = [
+    click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML)."),
+    STATE_OPTION,
+    click.option("--report", type=click.Path(path_type=Path), help="Write the report here."),
+    click.option("--batch-size", type=click.IntRange(1, 1000), help="Phones per request."),
+    click.option("--submit-rate", type=click.FloatRange(min=0.001), help="Submits per second."),
+    click.option("--query-rate", type=click.FloatRange(min=0.001), help="Queries per second."),
+    click.option("--max-attempts", type=click.IntRange(1), help="Attempts per phone."),
+    click.option("--log-file", type=click.Path(path_type=Path), help="Write JSON logs here."),
+    click.option("--progress/--no-progress", default=None, help="Progress bar (default: tty)."),
+]
+
+
+def run_options(command: Callable[P, R]) -> Callable[P, R]:
+    """The flags shared by the commands that run a rollout from the journal."""
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,6 +229,7 @@ def validate(plan: Path, config: Path | None, strict: bool | None) -> None:
 @click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
 @click.option("--id", "rollout_id", help="Name the rollout (default: generated).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json or .csv).")
+@STATE_OPTION
 @click.option("--dry-run", is_flag=True, help="Show what would be done; send nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 1000), help="Phones per request.")
 @click.option("--submit-rate", type=click.FloatRange(min=0.001), help="Submit requests per second.")
@@ -217,6 +244,7 @@ def rollout(
     config: Path | None,
     rollout_id: str | None,
     report: Path | None,
+    state: Path | None,
     dry_run: bool,
     batch_size: int | None,
     submit_rate: float | None,
@@ -236,6 +264,7 @@ def rollout(
         overrides=Overrides(batch_size, submit_rate, query_rate, max_attempts),
         report_path=report,
         show_progress=sys.stderr.isatty() if progress is None else progress,
+        state_path=state or Path(settings.rollout.state_path),
     )
     if dry_run:
         configure_logging(level=settings.logging.level, fmt=settings.logging.format)
@@ -294,6 +323,132 @@ def demo(
             )
         )
     sys.exit(code)
+
+
+@dataclass(frozen=True)
+class _RunFlags:
+    config: Path | None
+    state: Path | None
+    report: Path | None
+    batch_size: int | None
+    submit_rate: float | None
+    query_rate: float | None
+    max_attempts: int | None
+    log_file: Path | None
+    progress: bool | None
+
+    def overrides(self) -> Overrides:
+        return Overrides(self.batch_size, self.submit_rate, self.query_rate, self.max_attempts)
+
+    def show_progress(self) -> bool:
+        return sys.stderr.isatty() if self.progress is None else self.progress
+
+
+def _prepare_run(flags: _RunFlags, rollout_id: str) -> tuple[Settings, Path]:
+    settings = _load(flags.config)
+    where = _log_to(settings, rollout_id, flags.log_file, flags.show_progress())
+    if where is not None:
+        click.echo(f"rollout {rollout_id}: logs in {where}", err=True)
+    return settings, flags.state or Path(settings.rollout.state_path)
+
+
+@cli.command()
+@click.argument("rollout_id")
+@run_options
+@exit_on_errors
+def resume(rollout_id: str, **flags: Any) -> None:
+    """Continue an interrupted or crashed rollout: running jobs are tracked, not resent."""
+    run = _RunFlags(**flags)
+    settings, state = _prepare_run(run, rollout_id)
+    code = asyncio.run(
+        journal_commands.resume(
+            rollout_id=rollout_id,
+            settings=settings,
+            state_path=state,
+            overrides=run.overrides(),
+            report_path=run.report,
+            show_progress=run.show_progress(),
+        )
+    )
+    sys.exit(code)
+
+
+@cli.command("rerun-failed")
+@click.argument("rollout_id")
+@click.option("--error-code", help="Only the phones that failed with this code.")
+@click.option("--id", "new_id", help="Name the new rollout (default: generated).")
+@run_options
+@exit_on_errors
+def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **flags: Any) -> None:
+    """Start a new rollout of the phones that failed in ROLLOUT_ID."""
+    run = _RunFlags(**flags)
+    new_id = new_id or new_rollout_id()
+    settings, state = _prepare_run(run, new_id)
+    code = asyncio.run(
+        journal_commands.rerun_failed(
+            rollout_id=rollout_id,
+            new_id=new_id,
+            error_code=error_code,
+            settings=settings,
+            state_path=state,
+            overrides=run.overrides(),
+            report_path=run.report,
+            show_progress=run.show_progress(),
+        )
+    )
+    sys.exit(code)
+
+
+def _state_path(config: Path | None, state: Path | None) -> Path:
+    """The journal to read; it must exist (reading never creates one)."""
+    path = state or Path(_load(config).rollout.state_path)
+    if not path.is_file():
+        raise ConfigError(f"no journal at {path} (use --state to name it)")
+    return path
+
+
+@cli.command()
+@click.argument("rollout_id", required=False)
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
+@STATE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@exit_on_errors
+def status(rollout_id: str | None, config: Path | None, state: Path | None, as_json: bool) -> None:
+    """Show every rollout in the journal, or one rollout's counts per state."""
+    path = _state_path(config, state)
+    sys.exit(
+        asyncio.run(
+            journal_commands.show_status(state_path=path, rollout_id=rollout_id, as_json=as_json)
+        )
+    )
+
+
+@cli.command()
+@click.argument("rollout_id")
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
+@STATE_OPTION
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv"]),
+    default="json",
+    show_default=True,
+    help="Report format.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write to a file.")
+@exit_on_errors
+def report(
+    rollout_id: str, config: Path | None, state: Path | None, fmt: str, output: Path | None
+) -> None:
+    """Print (or write) a rollout's report from the journal."""
+    path = _state_path(config, state)
+    sys.exit(
+        asyncio.run(
+            journal_commands.show_report(
+                state_path=path, rollout_id=rollout_id, fmt=fmt, output=output
+            )
+        )
+    )
 
 
 def _parse_iam_users(specs: tuple[str, ...]) -> dict[str, tuple[SecretStr, str]]:

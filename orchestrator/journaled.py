@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
 from orchestrator.engine.runner import RolloutEngine, RolloutResult
-from orchestrator.engine.states import PhoneRecord, PhoneState
+from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
 from orchestrator.store.base import (
     LeaseHeldError,
@@ -33,8 +33,8 @@ from orchestrator.store.base import (
 )
 
 __all__ = [
+    "FINISHED_STATUSES",
     "LEASE_TTL_S",
-    "EngineRunner",
     "JournalTarget",
     "StoreJournal",
     "create_rollout",
@@ -176,36 +176,52 @@ def _merged_calls(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str
     return {key: before.get(key, 0) + now.get(key, 0) for key in {*before, *now}}
 
 
+class _StopOnLeaseLoss:
+    """Stops the engine once it exists if the lease is lost (another runner took over)."""
+
+    def __init__(self) -> None:
+        self.engine: RolloutEngine | None = None
+
+    def __call__(self, reason: str) -> None:
+        log.error("journal.failed", error=reason, phones=0)
+        if self.engine is not None:
+            self.engine.request_stop(reason)
+
+
+Prepare = Callable[[], Awaitable[tuple[list[JournalTarget], list[PhoneRecord]]]]
+Drive = Callable[[RolloutEngine], Awaitable[RolloutResult]]
+
+
 async def run_journaled(
     store: RolloutStore,
     *,
     rollout_id: str,
     name: str,
-    targets: Sequence[JournalTarget],
-    records: Sequence[PhoneRecord],
+    prepare: Prepare,
     options: EngineOptions,
     client: CphClient,
-    drive: Callable[[RolloutEngine], asyncio.Future[RolloutResult]],
+    drive: Drive,
     calls_before: Mapping[str, int] | None = None,
 ) -> RolloutResult:
-    """Run the engine under the lease, journaling every change; record how it ended."""
-    engine = RolloutEngine(
-        rollout_id=rollout_id,
-        name=name,
-        targets=targets,
-        client=client,
-        options=options,
-        journal=StoreJournal(store, rollout_id),
-        records=records,
-    )
-    async with held_lease(store, rollout_id, on_lost=engine.request_stop):
+    """Take the lease, load the phones (``prepare``), run the engine journaling every change,
+    and record how the run ended. Loading under the lease means no other runner can move the
+    phones between our read and our first write.
+    """
+    on_lost = _StopOnLeaseLoss()
+    async with held_lease(store, rollout_id, on_lost=on_lost):
+        targets, records = await prepare()
+        engine = RolloutEngine(
+            rollout_id=rollout_id,
+            name=name,
+            targets=targets,
+            client=client,
+            options=options,
+            journal=StoreJournal(store, rollout_id),
+            records=records,
+        )
+        on_lost.engine = engine
         result = await drive(engine)
-    calls = _merged_calls(calls_before or {}, result.api_calls)
-    status = str(result.status)
-    await store.update_rollout(rollout_id, status=status, reason=result.reason, api_calls=calls)
+        calls = _merged_calls(calls_before or {}, result.api_calls)
+        status = str(result.status)
+        await store.update_rollout(rollout_id, status=status, reason=result.reason, api_calls=calls)
     return result
-
-
-def unfinished(records: Sequence[PhoneRecord]) -> int:
-    """Phones that are not in a terminal state."""
-    return sum(1 for r in records if r.state not in (PhoneState.SUCCEEDED, PhoneState.FAILED))

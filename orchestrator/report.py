@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
 
-__all__ = ["PHONE_FIELDS", "build_report", "phone_row", "write_report"]
+__all__ = ["PHONE_FIELDS", "build_report", "phone_row", "write_csv", "write_report"]
 
 PHONE_FIELDS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_code", "error_msg")
 
@@ -64,7 +64,8 @@ def _write_json(report: Mapping[str, Any], handle: Any) -> None:
     handle.write("\n")
 
 
-def _write_csv(phones: Sequence[Mapping[str, Any]], handle: Any) -> None:
+def write_csv(phones: Sequence[Mapping[str, Any]], handle: Any) -> None:
+    """One row a phone, with a header."""
     writer = csv.DictWriter(handle, fieldnames=PHONE_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(phones)
@@ -82,7 +83,7 @@ def write_report(report: Mapping[str, Any], path: Path, *, fmt: str | None = Non
             if kind == "json":
                 _write_json(report, handle)
             else:
-                _write_csv(report["phones"], handle)
+                write_csv(report["phones"], handle)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

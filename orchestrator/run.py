@@ -7,6 +7,7 @@ period, then the report is written and the process exits 130; a second signal ex
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -23,6 +24,8 @@ from orchestrator.cph.client import CphClient
 from orchestrator.cph.connect import open_client
 from orchestrator.engine.options import EngineOptions
 from orchestrator.engine.runner import RolloutEngine, RolloutResult, RolloutStatus
+from orchestrator.engine.states import PhoneRecord
+from orchestrator.journaled import JournalTarget, create_rollout, open_store, run_journaled
 from orchestrator.plan import LoadedPlan, PhoneTarget, wave_sizes
 from orchestrator.progress import ProgressBar, summary_lines
 from orchestrator.report import build_report, write_report
@@ -38,9 +41,11 @@ from orchestrator.settings import Settings
 
 __all__ = [
     "RolloutRequest",
+    "drive_engine",
     "dry_run",
     "execute_rollout",
     "exit_code_for",
+    "finish",
     "run_demo",
     "run_rollout",
 ]
@@ -61,6 +66,7 @@ class RolloutRequest:
     overrides: Overrides
     report_path: Path | None
     show_progress: bool
+    state_path: Path
 
 
 def exit_code_for(result: RolloutResult) -> int:
@@ -99,15 +105,16 @@ def stop_on_signals(engine: RolloutEngine) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-async def _engine_run(engine: RolloutEngine, *, total: int, show_progress: bool) -> RolloutResult:
+async def drive_engine(engine: RolloutEngine, *, show_progress: bool) -> RolloutResult:
+    """Run the engine with signal handling and, on a terminal, the progress bar."""
     with stop_on_signals(engine):
         if not show_progress:
             return await engine.run()
-        with ProgressBar(Console(stderr=True), total, engine.snapshot):
+        with ProgressBar(Console(stderr=True), len(engine.table), engine.snapshot):
             return await engine.run()
 
 
-def _report(result: RolloutResult, request: RolloutRequest) -> dict[str, Any]:
+def _report(result: RolloutResult) -> dict[str, Any]:
     return build_report(
         rollout_id=result.rollout_id,
         name=result.name,
@@ -122,23 +129,38 @@ def _report(result: RolloutResult, request: RolloutRequest) -> dict[str, Any]:
 async def execute_rollout(
     request: RolloutRequest, *, client: CphClient | None = None
 ) -> tuple[RolloutResult, list[PhoneTarget]]:
-    """Resolve the fleet and run the engine to its end; the caller reports."""
+    """Resolve the fleet, record the rollout in the journal, and run it to its end."""
     own_client = client is None
     client = client or await open_client(request.settings.cph)
+    store = await open_store(request.state_path)
     try:
         targets = await resolve_targets(request.loaded, client)
         options = engine_options(
             request.loaded.plan.policy, request.settings.rollout, request.overrides
         )
-        engine = RolloutEngine(
+        records = await create_rollout(
+            store,
             rollout_id=request.rollout_id,
             name=request.loaded.plan.name,
-            targets=targets,
-            client=client,
+            targets=[(t.index, t.phone_id, t.update) for t in targets],
             options=options,
+            plan_source=str(request.loaded.source),
         )
-        result = await _engine_run(engine, total=len(targets), show_progress=request.show_progress)
+
+        async def prepare() -> tuple[list[JournalTarget], list[PhoneRecord]]:
+            return [JournalTarget(t.phone_id, t.update) for t in targets], records
+
+        result = await run_journaled(
+            store,
+            rollout_id=request.rollout_id,
+            name=request.loaded.plan.name,
+            prepare=prepare,
+            options=options,
+            client=client,
+            drive=functools.partial(drive_engine, show_progress=request.show_progress),
+        )
     finally:
+        await store.close()
         if own_client:
             await client.close()
     return result, targets
@@ -147,14 +169,15 @@ async def execute_rollout(
 async def run_rollout(request: RolloutRequest, *, client: CphClient | None = None) -> int:
     """Run the rollout to its end, write the report, print the summary; returns the exit code."""
     result, _ = await execute_rollout(request, client=client)
-    return _finish(result, request)
+    return finish(result, request.report_path, request.settings)
 
 
-def _finish(result: RolloutResult, request: RolloutRequest) -> int:
-    report_path = request.report_path or (
-        Path(request.settings.rollout.runs_dir) / f"{result.rollout_id}.report.json"
+def finish(result: RolloutResult, report_path: Path | None, settings: Settings) -> int:
+    """Write the report, print the summary; returns the exit code."""
+    report_path = report_path or (
+        Path(settings.rollout.runs_dir) / f"{result.rollout_id}.report.json"
     )
-    write_report(_report(result, request), report_path)
+    write_report(_report(result), report_path)
     for line in summary_lines(
         status=str(result.status),
         reason=result.reason,
@@ -256,9 +279,10 @@ async def run_demo(
             overrides=Overrides(),
             report_path=runs_dir / "demo-report.json",
             show_progress=show_progress,
+            state_path=runs_dir / "demo-journal.sqlite",
         )
         result, targets = await execute_rollout(request)
-        code = _finish(result, request)
+        code = finish(result, request.report_path, settings)
         print(_verify_demo(targets, sim.state.properties))
     return code
 

@@ -120,6 +120,8 @@ class RolloutSettings(_Section):
     stop_grace_s: float = Field(30.0, ge=0)
     runs_dir: str = "cph-runs"
     """Where reports and log files go when no path is given."""
+    state_path: str = "cph-runs/journal.sqlite"
+    """The SQLite journal (``--state`` overrides it)."""
 
 
 class LoggingSettings(_Section):

@@ -61,6 +61,8 @@ ACCOUNT_LEVEL_CODES = frozenset({"CPS.0001", "CPS.0006", "CPS.0007", "CPS.0008"}
 LIST_JOBS_MAX_IDS = 20
 LIST_JOBS_PAGE = 100
 POLL_RETRY_S = 1.0
+SHUTDOWN_FLUSH_S = 5.0
+"""How long in-flight requests and journal writes may take to finish once a run has ended."""
 MIN_REQUEST_FAILURES = 6
 REQUEST_FAILURES_PER_ATTEMPT = 2
 """Whole-request failures a phone may see, per attempt it is allowed, before it fails."""
@@ -182,6 +184,7 @@ class RolloutEngine:
         self._poll_heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._grace: asyncio.Task[None] | None = None
         self._wake_submit = asyncio.Event()
         self._wake_track = asyncio.Event()
         self._finished = asyncio.Event()
@@ -247,7 +250,7 @@ class RolloutEngine:
         if self._stop is not None:
             return
         self._set_stop(_Stop.INTERRUPT, reason)
-        self._spawn(self._grace_timer(), name="grace")
+        self._grace = asyncio.create_task(self._grace_timer(), name="grace")
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Abort on request: as the abort gate does."""
@@ -909,9 +912,21 @@ class RolloutEngine:
         }
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
-        for task in [*loops, *self._tasks]:
+        """Stop the loops; let in-flight work finish its journal writes for a moment, then cancel.
+
+        When the last phone turns terminal, the task that moved it is still writing that to
+        the journal: cancelling it would lose the write.
+        """
+        if self._grace is not None:
+            loops = [*loops, self._grace]
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*loops, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=SHUTDOWN_FLUSH_S)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
     def _result(self) -> RolloutResult:
