@@ -767,17 +767,22 @@ class RolloutEngine:
         self._fail_or_retry(record, code, message, request_id=record.request_id)
 
     def _learn_duration(self, job: Job, record: PhoneRecord, now: float) -> None:
-        """Learn how long jobs run: from the cloud's own begin/end times when it gives them.
+        """Learn how long jobs run, from what we saw and what the cloud says.
 
-        The time at which a poll *saw* the job finished is no measure: it includes our own
-        waiting, and learning it would make every next wait longer.
+        We know the job ended between our previous look and this one; the cloud's begin/end
+        times (whole seconds) say roughly how long it ran. The estimate is the middle of what
+        both allow. The moment a poll *saw* the job finished is no measure on its own: it
+        includes our own waiting, and learning it would make every next wait longer.
         """
-        duration = _server_duration_s(job)
-        if duration is None:
-            track = self._tracks.get(record.request_id or "")
-            last_look = max(track.last_polled_at if track else 0.0, record.submitted_at)
-            duration = max(0.0, last_look - record.submitted_at)
-        self._timing.estimator.add(duration)
+        track = self._tracks.get(record.request_id or "")
+        last_look = max(track.last_polled_at if track else 0.0, record.submitted_at)
+        low, high = last_look - record.submitted_at, now - record.submitted_at
+        reported = _server_duration_s(job)
+        if reported is not None:
+            low, high = max(low, reported - 1.0), min(high, reported + 1.0)
+            if low > high:
+                low = high = reported
+        self._timing.estimator.add(max(0.0, (low + high) / 2))
 
     def _forget_job(self, record: PhoneRecord) -> None:
         track = self._tracks.get(record.request_id or "")
