@@ -230,6 +230,11 @@ def validate(plan: Path, config: Path | None, strict: bool | None) -> None:
 @click.option("--id", "rollout_id", help="Name the rollout (default: generated).")
 @click.option("--report", type=click.Path(path_type=Path), help="Write the report (.json or .csv).")
 @STATE_OPTION
+@click.option(
+    "--no-journal",
+    is_flag=True,
+    help="Keep no journal (the rollout cannot be resumed); for measurements.",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be done; send nothing.")
 @click.option("--batch-size", type=click.IntRange(1, 1000), help="Phones per request.")
 @click.option("--submit-rate", type=click.FloatRange(min=0.001), help="Submit requests per second.")
@@ -245,6 +250,7 @@ def rollout(
     rollout_id: str | None,
     report: Path | None,
     state: Path | None,
+    no_journal: bool,
     dry_run: bool,
     batch_size: int | None,
     submit_rate: float | None,
@@ -264,7 +270,7 @@ def rollout(
         overrides=Overrides(batch_size, submit_rate, query_rate, max_attempts),
         report_path=report,
         show_progress=sys.stderr.isatty() if progress is None else progress,
-        state_path=state or Path(settings.rollout.state_path),
+        state_path=None if no_journal else state or Path(settings.rollout.state_path),
     )
     if dry_run:
         configure_logging(level=settings.logging.level, fmt=settings.logging.format)

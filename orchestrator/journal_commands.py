@@ -6,12 +6,13 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.cph.connect import open_client
 from orchestrator.engine.options import EngineOptions
+from orchestrator.engine.runner import Target
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord, PhoneState
 from orchestrator.errors import ConfigError
 from orchestrator.journaled import (
@@ -65,7 +66,7 @@ async def resume(
             )
         options = _with_overrides(_options(meta), overrides)
 
-        async def prepare() -> tuple[list[JournalTarget], list[PhoneRecord]]:
+        async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
             _, targets, records, _ = await load_for_resume(store, rollout_id)
             return targets, records
 
@@ -124,7 +125,7 @@ async def rerun_failed(
             plan_source=f"rerun-failed {rollout_id}",
         )
 
-        async def prepare() -> tuple[list[JournalTarget], list[PhoneRecord]]:
+        async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
             return targets, records
 
         client = await open_client(settings.cph)

@@ -22,7 +22,7 @@ import structlog
 from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
-from orchestrator.engine.runner import RolloutEngine, RolloutResult
+from orchestrator.engine.runner import RolloutEngine, RolloutResult, Target
 from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
 from orchestrator.store.base import (
@@ -188,7 +188,7 @@ class _StopOnLeaseLoss:
             self.engine.request_stop(reason)
 
 
-Prepare = Callable[[], Awaitable[tuple[list[JournalTarget], list[PhoneRecord]]]]
+Prepare = Callable[[], Awaitable[tuple[Sequence[Target], list[PhoneRecord]]]]
 Drive = Callable[[RolloutEngine], Awaitable[RolloutResult]]
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,9 @@ from rich.console import Console
 from orchestrator.cph.client import CphClient
 from orchestrator.cph.connect import open_client
 from orchestrator.engine.options import EngineOptions
-from orchestrator.engine.runner import RolloutEngine, RolloutResult, RolloutStatus
+from orchestrator.engine.runner import RolloutEngine, RolloutResult, RolloutStatus, Target
 from orchestrator.engine.states import PhoneRecord
-from orchestrator.journaled import JournalTarget, create_rollout, open_store, run_journaled
+from orchestrator.journaled import create_rollout, open_store, run_journaled
 from orchestrator.plan import LoadedPlan, PhoneTarget, wave_sizes
 from orchestrator.progress import ProgressBar, summary_lines
 from orchestrator.report import build_report, write_report
@@ -66,7 +67,8 @@ class RolloutRequest:
     overrides: Overrides
     report_path: Path | None
     show_progress: bool
-    state_path: Path
+    state_path: Path | None
+    """The journal; None runs without one (``--no-journal``)."""
 
 
 def exit_code_for(result: RolloutResult) -> int:
@@ -107,6 +109,10 @@ def stop_on_signals(engine: RolloutEngine) -> Iterator[None]:
 
 async def drive_engine(engine: RolloutEngine, *, show_progress: bool) -> RolloutResult:
     """Run the engine with signal handling and, on a terminal, the progress bar."""
+    # Everything built so far (plan, targets, records) lives until the end: keep the garbage
+    # collector from scanning it again and again (it made large rollouts twice as slow).
+    gc.collect()
+    gc.freeze()
     with stop_on_signals(engine):
         if not show_progress:
             return await engine.run()
@@ -130,6 +136,8 @@ async def execute_rollout(
     request: RolloutRequest, *, client: CphClient | None = None
 ) -> tuple[RolloutResult, list[PhoneTarget]]:
     """Resolve the fleet, record the rollout in the journal, and run it to its end."""
+    if request.state_path is None:
+        return await _execute_unjournaled(request, client=client)
     own_client = client is None
     client = client or await open_client(request.settings.cph)
     store = await open_store(request.state_path)
@@ -147,8 +155,8 @@ async def execute_rollout(
             plan_source=str(request.loaded.source),
         )
 
-        async def prepare() -> tuple[list[JournalTarget], list[PhoneRecord]]:
-            return [JournalTarget(t.phone_id, t.update) for t in targets], records
+        async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
+            return targets, records
 
         result = await run_journaled(
             store,
@@ -161,6 +169,31 @@ async def execute_rollout(
         )
     finally:
         await store.close()
+        if own_client:
+            await client.close()
+    return result, targets
+
+
+async def _execute_unjournaled(
+    request: RolloutRequest, *, client: CphClient | None
+) -> tuple[RolloutResult, list[PhoneTarget]]:
+    """``--no-journal``: nothing is written, so nothing can be resumed (for benchmarks)."""
+    own_client = client is None
+    client = client or await open_client(request.settings.cph)
+    try:
+        targets = await resolve_targets(request.loaded, client)
+        options = engine_options(
+            request.loaded.plan.policy, request.settings.rollout, request.overrides
+        )
+        engine = RolloutEngine(
+            rollout_id=request.rollout_id,
+            name=request.loaded.plan.name,
+            targets=targets,
+            client=client,
+            options=options,
+        )
+        result = await drive_engine(engine, show_progress=request.show_progress)
+    finally:
         if own_client:
             await client.close()
     return result, targets

@@ -61,6 +61,8 @@ ACCOUNT_LEVEL_CODES = frozenset({"CPS.0001", "CPS.0006", "CPS.0007", "CPS.0008"}
 LIST_JOBS_MAX_IDS = 20
 LIST_JOBS_PAGE = 100
 POLL_RETRY_S = 1.0
+LEARN_PER_POLL = 8
+"""Job durations learnt from one poll's answer: a sample is enough, and parsing all costs CPU."""
 SHUTDOWN_FLUSH_S = 5.0
 """How long in-flight requests and journal writes may take to finish once a run has ended."""
 MIN_REQUEST_FAILURES = 6
@@ -733,6 +735,8 @@ class RolloutEngine:
             seen.add(job.job_id)
             record = watched.get(job.job_id)
             if record is not None and record.state is PhoneState.RUNNING and job.finished:
+                if job.status == JobStatus.SUCCEEDED and finished["succeeded"] < LEARN_PER_POLL:
+                    self._learn_duration(job, record, now)
                 self._on_job_end(record, job, now, finished)
                 changed.append(record)
         changed.extend(await self._check_unseen(request_ids, seen, now))
@@ -757,7 +761,6 @@ class RolloutEngine:
     def _on_job_end(self, record: PhoneRecord, job: Job, now: float, tally: dict[str, int]) -> None:
         self._forget_job(record)
         if job.status == JobStatus.SUCCEEDED:
-            self._learn_duration(job, record, now)
             tally["succeeded"] += 1
             self._succeed(record)
             return

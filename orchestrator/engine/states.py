@@ -103,11 +103,14 @@ class FleetTable:
     def __init__(self, records: Iterable[PhoneRecord]) -> None:
         self._records: dict[str, PhoneRecord] = {}
         self.counts: Counter[PhoneState] = Counter()
+        self.terminal_count = 0
+        """Phones that reached succeeded, failed or cancelled (kept as they move)."""
         for record in records:
             if record.phone_id in self._records:
                 raise ValueError(f"phone {record.phone_id} appears twice in the rollout")
             self._records[record.phone_id] = record
             self.counts[record.state] += 1
+            self.terminal_count += record.state in TERMINAL_STATES
 
     def __len__(self) -> int:
         return len(self._records)
@@ -129,11 +132,7 @@ class FleetTable:
         self.counts[record.state] -= 1
         self.counts[to] += 1
         record.state = to
-
-    @property
-    def terminal_count(self) -> int:
-        """Phones that reached succeeded, failed or cancelled."""
-        return sum(self.counts[state] for state in TERMINAL_STATES)
+        self.terminal_count += to in TERMINAL_STATES
 
     def count_summary(self) -> dict[str, int]:
         """Counts as the report shows them: total, each terminal state, and the rest as pending."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.errors import OrchestratorError
@@ -51,11 +51,14 @@ class LeaseHeldError(StoreError):
     """Another live process is running this rollout."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPhone:
-    """What is written once per phone when a rollout is created: its position and its payload."""
+class StoredPhone(NamedTuple):
+    """What is written once per phone when a rollout is created: its position and its payload.
 
-    index: int
+    A named tuple: 100,000 of them are built per rollout, and tuples are the cheapest to build.
+    """
+
+    position: int
+    """The phone's index in the fleet order (``tuple.index`` is taken)."""
     phone_id: str
     property: str
     """The ``property`` JSON string sent for this phone."""

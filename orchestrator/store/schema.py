@@ -78,8 +78,6 @@ _V1_STATEMENTS = (
     )
     """,
     "CREATE UNIQUE INDEX phones_by_idx ON phones (rollout_id, idx)",
-    "CREATE INDEX phones_by_state ON phones (rollout_id, state)",
-    "CREATE INDEX phones_by_error ON phones (rollout_id, error_code)",
 )
 
 

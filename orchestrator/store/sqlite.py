@@ -366,7 +366,7 @@ def _phone_rows(
     rows: list[tuple[object, ...]] = []
     for record in records:
         phone = by_id.get(record.phone_id)
-        if phone is None or phone.index != record.index:
+        if phone is None or phone.position != record.index:
             raise ValueError(f"rollout {rollout_id}: no payload for phone {record.phone_id}")
         custom = None if phone.custom_property is None else json.dumps(dict(phone.custom_property))
         rows.append(
