@@ -145,7 +145,7 @@ async def test_save_and_load_round_trip_every_persisted_field(store: SqliteStore
     await store.save("r1", [record])
 
     phones, loaded = await store.load_phones("r1")
-    assert [p.index for p in phones] == [r.index for r in loaded] == [0, 1, 2, 3]
+    assert [p.position for p in phones] == [r.index for r in loaded] == [0, 1, 2, 3]
     assert phones[1] == StoredPhone(
         1, "phone-000001", '{"ro.product.model": "M1"}', {"persist.sys.x": "1"}
     )
