@@ -67,6 +67,14 @@ CATALOGUE: dict[str, Event] = {
         ("reason", "cancelled_now", "succeeded", "failed", "cancelled", "total"),
         "the abort gate tripped (or a cancel was asked): no more submits",
     ),
+    "rollout.paused": Event(
+        "info",
+        ("pending", "running", "succeeded", "failed", "total"),
+        "no new batches until resumed",
+    ),
+    "rollout.resumed": Event(
+        "info", ("pending", "running", "succeeded", "failed", "total"), "batches are sent again"
+    ),
     "wave.started": Event("info", ("wave", "phones"), "a wave of the canary ramp begins"),
     "wave.completed": Event(
         "info", ("wave", "bake_s"), "every phone of the wave is terminal; baking before the next"

@@ -52,7 +52,7 @@ from orchestrator.engine.states import FleetTable, PhoneRecord, PhoneState, Stag
 from orchestrator.errors import OrchestratorError
 from orchestrator.plan import wave_sizes
 
-__all__ = ["RolloutEngine", "RolloutResult", "RolloutStatus", "Target"]
+__all__ = ["Budgets", "RolloutEngine", "RolloutResult", "RolloutStatus", "Target"]
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -78,6 +78,34 @@ class Target(Protocol):
 
     @property
     def update(self) -> PropertyUpdate: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """An account's submit and query budgets, shared by every rollout that runs on it.
+
+    Each rollout's submitter waits for one in-flight place at a time, and the places are handed
+    out first come, first served (``asyncio.Semaphore`` is FIFO), so rollouts sharing a budget
+    take turns: none can starve another.
+    """
+
+    submit: Budget
+    query: Budget
+
+    @classmethod
+    def for_account(cls, options: EngineOptions, clock: Clock) -> Budgets:
+        """Budgets sized by ``options`` (rates and in-flight caps)."""
+        return cls(_own_budget("submit", options, clock), _own_budget("query", options, clock))
+
+
+def _own_budget(family: str, options: EngineOptions, clock: Clock) -> Budget:
+    submit = family == "submit"
+    return Budget(
+        family,
+        AdaptiveRate(options.submit_rate_per_s if submit else options.query_rate_per_s),
+        max_in_flight=options.max_submits_in_flight if submit else options.max_queries_in_flight,
+        clock=clock,
+    )
 
 
 class RolloutStatus(StrEnum):
@@ -152,6 +180,7 @@ class RolloutEngine:
         journal: Journal | None = None,
         records: Sequence[PhoneRecord] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.rollout_id = rollout_id
         self.name = name
@@ -165,18 +194,10 @@ class RolloutEngine:
         self._waves = self._assign_waves(records or self._fresh_records(targets))
         self.table = FleetTable(itertools.chain.from_iterable(self._waves))
         self._wave_left = [sum(1 for r in wave if not r.terminal) for wave in self._waves]
-        self._submit = Budget(
-            "submit",
-            AdaptiveRate(options.submit_rate_per_s),
-            max_in_flight=options.max_submits_in_flight,
-            clock=self._clock,
-        )
-        self._query = Budget(
-            "query",
-            AdaptiveRate(options.query_rate_per_s),
-            max_in_flight=options.max_queries_in_flight,
-            clock=self._clock,
-        )
+        self._submit = budgets.submit if budgets else _own_budget("submit", options, self._clock)
+        self._query = budgets.query if budgets else _own_budget("query", options, self._clock)
+        self._running = asyncio.Event()
+        self._running.set()
         self._timing = PollTiming(first_poll_s=options.first_poll_s)
         self._ready: deque[PhoneRecord] = deque()
         self._ready_restart: deque[PhoneRecord] = deque()
@@ -258,6 +279,24 @@ class RolloutEngine:
         """Abort on request: as the abort gate does."""
         self._abort(reason)
 
+    def pause(self) -> None:
+        """Stop sending new batches; jobs in flight are still tracked to their end."""
+        if self._running.is_set():
+            self._running.clear()
+            log.info("rollout.paused", **self._count_fields())
+
+    def resume(self) -> None:
+        """Send again after :meth:`pause`."""
+        if not self._running.is_set():
+            self._running.set()
+            self._wake_submit.set()
+            log.info("rollout.resumed", **self._count_fields())
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return not self._running.is_set()
+
     # -- the submitter -----------------------------------------------------------------------------
 
     async def _submit_loop(self) -> None:
@@ -277,6 +316,9 @@ class RolloutEngine:
 
     async def _drive_wave(self, number: int) -> None:
         while self._stop is None and self._wave_left[number] > 0:
+            if not self._running.is_set():
+                await self._wait(self._running, None)
+                continue
             self._release_due_retries()
             if not (self._forced or self._ready or self._ready_restart):
                 self._wake_submit.clear()
