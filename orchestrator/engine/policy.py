@@ -12,6 +12,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
+from orchestrator.plan.model import BUSY_ERROR_CODE
+
 __all__ = [
     "JOB_TIMEOUT_CODE",
     "MISSING_FROM_ANSWER_CODE",
@@ -40,8 +42,9 @@ OUR_RETRYABLE_CODES = frozenset(
 DEFAULT_BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_CAP_S = 60.0
 DEFAULT_SLOW_BACKOFF_BASE_S = 5.0
-"""CPS.0005 (phone not found) heals when a new phone finishes creation: wait longer between tries."""
-DEFAULT_SLOW_CODES = frozenset({"CPS.0005"})
+"""Codes that heal only when something else finishes wait longer between tries: CPS.0005 (the
+phone is still being created) and the busy code (another job on the phone must end first)."""
+DEFAULT_SLOW_CODES = frozenset({"CPS.0005", BUSY_ERROR_CODE})
 
 
 def full_jitter_backoff_s(
