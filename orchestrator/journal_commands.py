@@ -16,9 +16,9 @@ from orchestrator.engine.runner import Target
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord, PhoneState
 from orchestrator.errors import ConfigError
 from orchestrator.journaled import (
-    FINISHED_STATUSES,
     JournalTarget,
     create_rollout,
+    ended,
     load_for_resume,
     open_store,
     run_journaled,
@@ -59,7 +59,7 @@ async def resume(
     store = await open_store(state_path)
     try:
         meta = await store.get_rollout(rollout_id)
-        if meta.status in FINISHED_STATUSES:
+        if ended(meta):
             raise ConfigError(
                 f"rollout {rollout_id} already ended ({meta.status}); rerun-failed tries its"
                 " failed phones again"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import socket
@@ -23,13 +24,14 @@ from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
 from orchestrator.engine.runner import RolloutEngine, RolloutResult, Target
-from orchestrator.engine.states import PhoneRecord
+from orchestrator.engine.states import LIVE_STATES, PhoneRecord
 from orchestrator.errors import ConfigError
 from orchestrator.store.base import (
     LeaseHeldError,
     RolloutMeta,
     RolloutStore,
     StoredPhone,
+    StoreError,
 )
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "JournalTarget",
     "StoreJournal",
     "create_rollout",
+    "ended",
     "lease_owner",
     "load_for_resume",
     "open_store",
@@ -125,7 +128,7 @@ async def load_for_resume(
 ) -> tuple[RolloutMeta, list[JournalTarget], list[PhoneRecord], EngineOptions]:
     """Everything a resumed run needs; refuses a rollout that has already ended."""
     meta = await store.get_rollout(rollout_id)
-    if meta.status in FINISHED_STATUSES:
+    if ended(meta):
         raise ConfigError(
             f"rollout {rollout_id} already ended ({meta.status}); use rerun-failed to try"
             " its failed phones again"
@@ -133,6 +136,16 @@ async def load_for_resume(
     stored, records = await store.load_phones(rollout_id)
     targets = [JournalTarget(p.phone_id, _update(p)) for p in stored]
     return meta, targets, records, options_from_data(meta.options)
+
+
+def ended(meta: RolloutMeta) -> bool:
+    """True when nothing is left to do: an end status and no phone still open.
+
+    A run stopped by a fatal error may have recorded an end status with phones still open;
+    those can be resumed.
+    """
+    live = sum(meta.counts.get(state, 0) for state in LIVE_STATES)
+    return meta.status in FINISHED_STATUSES and live == 0
 
 
 def _update(phone: StoredPhone) -> PropertyUpdate:
@@ -222,6 +235,12 @@ async def run_journaled(
         on_lost.engine = engine
         result = await drive(engine)
         calls = _merged_calls(calls_before or {}, result.api_calls)
-        status = str(result.status)
-        await store.update_rollout(rollout_id, status=status, reason=result.reason, api_calls=calls)
+        try:
+            await store.update_rollout(
+                rollout_id, status=str(result.status), reason=result.reason, api_calls=calls
+            )
+        except StoreError as error:
+            log.error("journal.failed", error=str(error), phones=0)
+            reason = f"the journal cannot be written: {error}"
+            return dataclasses.replace(result, fatal=True, reason=result.reason or reason)
     return result

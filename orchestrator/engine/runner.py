@@ -375,6 +375,10 @@ class RolloutEngine:
                 record.submitted_at = sent_at
             if not await self._persist(batch):
                 return  # the intent is not on record: do not send
+            if self._stop is not None:  # stopped while the intent was being written
+                self._back_to_pending(batch)
+                await self._persist(batch)
+                return
             await self._submit_and_handle(batch, batch_id, sent_at)
             await self._persist(batch)
         finally:
@@ -1001,7 +1005,8 @@ class RolloutEngine:
         return result
 
     def _status(self, counts: dict[str, int]) -> RolloutStatus:
-        if self._stop in (_Stop.ABORT, _Stop.FATAL):
+        """Aborted only by the abort gate or a cancel; phones left open make it resumable."""
+        if self._stop is _Stop.ABORT:
             return RolloutStatus.ABORTED
         if counts["pending"]:
             return RolloutStatus.INTERRUPTED
