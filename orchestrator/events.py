@@ -124,6 +124,29 @@ CATALOGUE: dict[str, Event] = {
     "journal.failed": Event(
         "error", ("error", "phones"), "the journal cannot be written: submitting stops at once"
     ),
+    "daemon.started": Event(
+        "info",
+        ("listen", "state_path", "resumed"),
+        "the daemon listens; resumed lists the unfinished rollouts it took up from the journal",
+    ),
+    "daemon.open_access": Event(
+        "warning", ("listen",), "no bearer token is configured: /v1 is open (loopback only)"
+    ),
+    "daemon.stopping": Event(
+        "info", ("running",), "SIGTERM: no more requests; rollouts stop submitting (grace)"
+    ),
+    "daemon.stopped": Event("info", (), "every rollout recorded how it ended; journal closed"),
+    "daemon.rollout_accepted": Event(
+        "info", ("rollout_id", "name", "phones"), "a plan was accepted over the API and started"
+    ),
+    "daemon.rollout_skipped": Event(
+        "warning",
+        ("rollout_id", "reason"),
+        "an unfinished rollout is run by another live process (its lease is held): not resumed",
+    ),
+    "daemon.rollout_failed": Event(
+        "error", ("rollout_id", "error"), "a rollout's run stopped on an unexpected error"
+    ),
     "engine.task_failed": Event(
         "error", ("task", "error"), "an internal error stopped the rollout (a bug: please report)"
     ),

@@ -12,11 +12,12 @@ from typing import Any
 
 from orchestrator.cph.connect import open_client
 from orchestrator.engine.options import EngineOptions
-from orchestrator.engine.runner import Target
+from orchestrator.engine.runner import RolloutResult, Target
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord, PhoneState
 from orchestrator.errors import ConfigError
 from orchestrator.journaled import (
     JournalTarget,
+    Prepare,
     create_rollout,
     ended,
     load_for_resume,
@@ -29,7 +30,7 @@ from orchestrator.service import Overrides
 from orchestrator.settings import Settings
 from orchestrator.store.base import RolloutMeta, RolloutStore
 
-__all__ = ["rerun_failed", "resume", "show_report", "show_status"]
+__all__ = ["rerun_failed", "resume", "show_report", "show_status", "status_row"]
 
 
 def _with_overrides(options: EngineOptions, overrides: Overrides) -> EngineOptions:
@@ -44,6 +45,33 @@ def _with_overrides(options: EngineOptions, overrides: Overrides) -> EngineOptio
     if overrides.max_attempts:
         changes["retry"] = dataclasses.replace(options.retry, max_attempts=overrides.max_attempts)
     return dataclasses.replace(options, **changes)
+
+
+async def _run_with_client(
+    store: RolloutStore,
+    settings: Settings,
+    *,
+    rollout_id: str,
+    name: str,
+    prepare: Prepare,
+    options: EngineOptions,
+    show_progress: bool,
+    calls_before: Mapping[str, int] | None = None,
+) -> RolloutResult:
+    client = await open_client(settings.cph)
+    try:
+        return await run_journaled(
+            store,
+            rollout_id=rollout_id,
+            name=name,
+            prepare=prepare,
+            options=options,
+            client=client,
+            drive=functools.partial(drive_engine, show_progress=show_progress),
+            calls_before=calls_before,
+        )
+    finally:
+        await client.close()
 
 
 async def resume(
@@ -70,20 +98,16 @@ async def resume(
             _, targets, records, _ = await load_for_resume(store, rollout_id)
             return targets, records
 
-        client = await open_client(settings.cph)
-        try:
-            result = await run_journaled(
-                store,
-                rollout_id=rollout_id,
-                name=meta.name,
-                prepare=prepare,
-                options=options,
-                client=client,
-                drive=functools.partial(drive_engine, show_progress=show_progress),
-                calls_before=meta.api_calls,
-            )
-        finally:
-            await client.close()
+        result = await _run_with_client(
+            store,
+            settings,
+            rollout_id=rollout_id,
+            name=meta.name,
+            prepare=prepare,
+            options=options,
+            show_progress=show_progress,
+            calls_before=meta.api_calls,
+        )
     finally:
         await store.close()
     return finish(result, report_path, settings)
@@ -128,19 +152,15 @@ async def rerun_failed(
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
             return targets, records
 
-        client = await open_client(settings.cph)
-        try:
-            result = await run_journaled(
-                store,
-                rollout_id=new_id,
-                name=f"{meta.name} (rerun of {rollout_id})",
-                prepare=prepare,
-                options=options,
-                client=client,
-                drive=functools.partial(drive_engine, show_progress=show_progress),
-            )
-        finally:
-            await client.close()
+        result = await _run_with_client(
+            store,
+            settings,
+            rollout_id=new_id,
+            name=f"{meta.name} (rerun of {rollout_id})",
+            prepare=prepare,
+            options=options,
+            show_progress=show_progress,
+        )
     finally:
         await store.close()
     return finish(result, report_path, settings)
@@ -171,7 +191,8 @@ def _summary_counts(meta: RolloutMeta) -> dict[str, int]:
     }
 
 
-def _status_row(meta: RolloutMeta) -> dict[str, Any]:
+def status_row(meta: RolloutMeta) -> dict[str, Any]:
+    """A rollout as ``status --json`` and the daemon show it."""
     return {
         "rollout_id": meta.rollout_id,
         "name": meta.name,
@@ -198,7 +219,7 @@ async def show_status(*, state_path: Path, rollout_id: str | None, as_json: bool
         metas = [await store.get_rollout(rollout_id)] if rollout_id else await store.list_rollouts()
     finally:
         await store.close()
-    rows = [_status_row(meta) for meta in metas]
+    rows = [status_row(meta) for meta in metas]
     if as_json:
         json.dump(rows[0] if rollout_id else rows, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -22,8 +22,9 @@ import structlog
 
 from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
+from orchestrator.engine.journal import Journal
 from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
-from orchestrator.engine.runner import RolloutEngine, RolloutResult, Target
+from orchestrator.engine.runner import Budgets, RolloutEngine, RolloutResult, Target
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord
 from orchestrator.errors import ConfigError
 from orchestrator.store.base import (
@@ -38,11 +39,13 @@ __all__ = [
     "FINISHED_STATUSES",
     "LEASE_TTL_S",
     "JournalTarget",
+    "Prepare",
     "StoreJournal",
     "create_rollout",
     "ended",
     "lease_owner",
     "load_for_resume",
+    "merged_calls",
     "open_store",
     "run_journaled",
 ]
@@ -185,8 +188,13 @@ async def _renew_forever(
             return
 
 
-def _merged_calls(before: Mapping[str, int], now: Mapping[str, int]) -> dict[str, int]:
-    return {key: before.get(key, 0) + now.get(key, 0) for key in {*before, *now}}
+def merged_calls(*counters: Mapping[str, int]) -> dict[str, int]:
+    """API call counts added up key by key (earlier runs of a rollout plus this one)."""
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, value in counter.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 class _StopOnLeaseLoss:
@@ -215,6 +223,8 @@ async def run_journaled(
     client: CphClient,
     drive: Drive,
     calls_before: Mapping[str, int] | None = None,
+    budgets: Budgets | None = None,
+    wrap_journal: Callable[[Journal], Journal] | None = None,
 ) -> RolloutResult:
     """Take the lease, load the phones (``prepare``), run the engine journaling every change,
     and record how the run ended. Loading under the lease means no other runner can move the
@@ -223,18 +233,20 @@ async def run_journaled(
     on_lost = _StopOnLeaseLoss()
     async with held_lease(store, rollout_id, on_lost=on_lost):
         targets, records = await prepare()
+        journal: Journal = StoreJournal(store, rollout_id)
         engine = RolloutEngine(
             rollout_id=rollout_id,
             name=name,
             targets=targets,
             client=client,
             options=options,
-            journal=StoreJournal(store, rollout_id),
+            journal=wrap_journal(journal) if wrap_journal else journal,
             records=records,
+            budgets=budgets,
         )
         on_lost.engine = engine
         result = await drive(engine)
-        calls = _merged_calls(calls_before or {}, result.api_calls)
+        calls = merged_calls(calls_before or {}, result.api_calls)
         try:
             await store.update_rollout(
                 rollout_id, status=str(result.status), reason=result.reason, api_calls=calls

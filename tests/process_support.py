@@ -293,3 +293,17 @@ def json_lines(text: str) -> list[dict[str, Any]]:
         assert isinstance(event, dict), line
         events.append(event)
     return events
+
+
+@dataclass
+class PhonePool:
+    """Hands out phones of a shared simulator, each to one test only."""
+
+    ids: list[str]
+    taken: int = 0
+
+    def take(self, count: int) -> list[str]:
+        """``count`` phones no other test uses."""
+        start, self.taken = self.taken, self.taken + count
+        assert self.taken <= len(self.ids), "the shared simulator's fleet is too small"
+        return self.ids[start : self.taken]

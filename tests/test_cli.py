@@ -10,35 +10,40 @@ processes' output.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from orchestrator import __version__
+from tests.process_support import (
+    LineReader,
+    PhonePool,
+    Simulator,
+    clean_env,
+    json_lines,
+    read_report,
+    run_cli,
+    running_simulator,
+    stop_process,
+    write_settings,
+)
 
 TOKEN = "sim-token"
 PROJECT_ID = "proj123"
 SIM_PHONES = 1000
 FAST_JOBS = "job_duration=uniform:0.02:0.1"
-STARTUP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 60.0
 LIST_PAGE = 200
 
@@ -48,171 +53,13 @@ API_CALL_KEYS = {"submit", "query", "throttled"}
 PHONE_KEYS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_code", "error_msg")
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 
-LISTENING = re.compile(r"simulator listening on (http://[\d.]+:\d+)")
 UPDATE_OPERATION = "UpdateCloudPhoneProperty"
 
 
 # -- processes -------------------------------------------------------------------------------------
 
 
-class LineReader:
-    """Drains a text pipe on a thread so the child never blocks; lines are handed over by a queue."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for line in stream:
-                self.lines.append(line)
-                self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, pattern: re.Pattern[str], *, timeout_s: float) -> re.Match[str]:
-        """The first line (from now on) matching ``pattern``; fails at EOF or after the timeout."""
-        deadline_s = time.monotonic() + timeout_s
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline_s - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no line matching {pattern.pattern!r} within {timeout_s} s")
-            if line is None:
-                pytest.fail(f"stream ended before a line matching {pattern.pattern!r}")
-            found = pattern.search(line)
-            if found is not None:
-                return found
-
-    def join(self) -> list[str]:
-        """Every line read, once the stream has ended."""
-        self._thread.join(timeout=RUN_TIMEOUT_S)
-        return self.lines
-
-
-def clean_env(token: str | None = TOKEN) -> dict[str, str]:
-    """The parent's environment without any CPH setting, plus the token under test."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("CPH_", "HUAWEICLOUD_"))
-    }
-    if token is not None:
-        env["CPH_AUTH_TOKEN"] = token
-    return env
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """Terminate (then kill) a child we started, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
-@dataclass
-class Simulator:
-    """A simulator process and what it says it saw."""
-
-    url: str
-    proc: subprocess.Popen[str]
-
-    def stats(self, *, phones: bool = False) -> dict[str, Any]:
-        """``GET /_sim/stats``."""
-        with urllib.request.urlopen(
-            f"{self.url}/_sim/stats?phones={int(phones)}", timeout=10
-        ) as answer:
-            body: dict[str, Any] = json.load(answer)
-        return body
-
-    def requests(self, operation: str | None = None) -> int:
-        """Requests received so far, of one operation or in all."""
-        stats = self.stats()
-        if operation is None:
-            return int(stats["requests_total"])
-        return int(stats["requests"].get(operation, 0))
-
-    def phone_ids(self) -> list[str]:
-        """Every phone of the simulated fleet, read through ListCloudPhones."""
-        found: list[str] = []
-        while True:
-            request = urllib.request.Request(
-                f"{self.url}/v1/{PROJECT_ID}/cloud-phone/phones"
-                f"?offset={len(found)}&limit={LIST_PAGE}",
-                headers={"X-Auth-Token": TOKEN},
-            )
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                page = json.load(answer)["phones"]
-            found.extend(phone["phone_id"] for phone in page)
-            if len(page) < LIST_PAGE:
-                return found
-
-
-@contextlib.contextmanager
-def running_simulator(*args: str, stderr_path: Path) -> Iterator[Simulator]:
-    """Start ``orchestrator simulator --port 0 ARGS`` and yield it once it says it listens."""
-    command = [sys.executable, "-m", "orchestrator", "simulator", "--port", "0"]
-    command += ["--token", TOKEN, *args]
-    with stderr_path.open("w", encoding="utf-8") as stderr:
-        proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_env(None)
-        )
-    try:
-        assert proc.stdout is not None
-        reader = LineReader(proc.stdout)
-        url = reader.wait_for(LISTENING, timeout_s=STARTUP_TIMEOUT_S).group(1)
-        yield Simulator(url, proc)
-    finally:
-        stop_process(proc)
-
-
-def run_cli(
-    *args: str | Path, cwd: Path, token: str | None = TOKEN, timeout_s: float = RUN_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """``python -m orchestrator ARGS`` to its end, output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *map(str, args)],
-        cwd=cwd,
-        env=clean_env(token),
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-
-
 # -- plans, settings and reports -------------------------------------------------------------------
-
-
-def write_settings(directory: Path, sim_url: str, **rollout: float | str) -> Path:
-    """A settings file pointing at the simulator, with fast polling and the runs in ``directory``."""
-    values: dict[str, float | str] = {
-        "first_poll_s": 0.05,
-        "submit_rate_per_s": 50.0,
-        "query_rate_per_s": 50.0,
-        "runs_dir": str(directory / "runs"),
-    }
-    values.update(rollout)
-    lines = [
-        "[cph]",
-        f'endpoint = "{sim_url}"',
-        f'project_id = "{PROJECT_ID}"',
-        'auth = "token"',
-        "timeout_s = 10.0",
-        "",
-        "[rollout]",
-    ]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    path = directory / "settings.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def plan_yaml(
@@ -258,12 +105,6 @@ def write_plan(directory: Path, text: str, name: str = "plan.yaml") -> Path:
     return path
 
 
-def read_report(path: Path) -> dict[str, Any]:
-    """A JSON report."""
-    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return report
-
-
 def state_counts(report: Mapping[str, Any]) -> Counter[str]:
     """How many phones of the report are in each state."""
     return Counter(phone["state"] for phone in report["phones"])
@@ -280,34 +121,7 @@ def assert_counts_add_up(report: Mapping[str, Any], fleet: Sequence[str]) -> Non
     assert sum(counts[key] for key in COUNT_KEYS - {"total"}) == counts["total"]
 
 
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Parse each line as one JSON object (fails on the first line that is not)."""
-    events = []
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            pytest.fail(f"not a JSON log line: {line!r}")
-        assert isinstance(event, dict), line
-        events.append(event)
-    return events
-
-
 # -- fixtures --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PhonePool:
-    """Hands out phones of the shared simulator, each to one test only."""
-
-    ids: list[str]
-    taken: int = 0
-
-    def take(self, count: int) -> list[str]:
-        """``count`` phones no other test uses."""
-        start, self.taken = self.taken, self.taken + count
-        assert self.taken <= len(self.ids), "the shared simulator's fleet is too small"
-        return self.ids[start : self.taken]
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ from tests.process_support import (
     BATCH_SUBMITTED,
     PROJECT_ID,
     RUN_TIMEOUT_S,
+    PhonePool,
     Simulator,
     plan_json,
     read_report,
@@ -256,20 +257,6 @@ QUIET_SIMULATOR = (
     "job_duration=fixed:0.05",
 )
 WIFI: Mapping[str, Any] = {"sys.prop.writewifissid": "jr_{index:04d}"}
-
-
-@dataclass
-class PhonePool:
-    """Hands out phones of the shared simulator, each to one test only."""
-
-    ids: list[str]
-    taken: int = 0
-
-    def take(self, count: int) -> list[str]:
-        """``count`` phones no other test uses."""
-        start, self.taken = self.taken, self.taken + count
-        assert self.taken <= len(self.ids), "the shared simulator's fleet is too small"
-        return self.ids[start : self.taken]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import pytest
 from tests.process_support import (
     BATCH_SUBMITTED,
     RUN_TIMEOUT_S,
+    PhonePool,
     Simulator,
     plan_json,
     read_report,
@@ -39,20 +40,6 @@ PHONE_KEYS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_co
 PROPERTIES: Mapping[str, Any] = {"sys.prop.writewifissid": "jc_{index:04d}"}
 FAIL_FAST: Mapping[str, Any] = {"waves": ["100%"], "retry_codes": [], "batch_size": 20}
 GOOD, GHOSTS = 60, 3
-
-
-@dataclass
-class PhonePool:
-    """Hands out phones of the shared simulator, each to one test only."""
-
-    ids: list[str]
-    taken: int = 0
-
-    def take(self, count: int) -> list[str]:
-        """``count`` phones no other test uses."""
-        start, self.taken = self.taken, self.taken + count
-        assert self.taken <= len(self.ids), "the shared simulator's fleet is too small"
-        return self.ids[start : self.taken]
 
 
 def ghost_ids(count: int, *, tag: int) -> list[str]:

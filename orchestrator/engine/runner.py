@@ -455,16 +455,7 @@ class RolloutEngine:
     def _on_submit_throttled(
         self, batch: list[PhoneRecord], error: ThrottledError, sent_at: float
     ) -> None:
-        cut = self._submit.on_throttled(sent_at=sent_at, retry_after_s=error.retry_after_s)
-        log.warning(
-            "api.throttled",
-            family="submit",
-            request_id=error.request_id,
-            retry_after_s=error.retry_after_s,
-            rate_per_s=round(self._submit.rate.rate_per_s, 3),
-            rate_cut=cut,
-            phones=len(batch),
-        )
+        _throttled(self._submit, error, sent_at, phones=len(batch))
         self._back_to_pending(batch)
         self._requeue_front(batch)
 
@@ -755,15 +746,7 @@ class RolloutEngine:
     def _on_query_throttled(
         self, error: ThrottledError, sent_at: float, request_ids: list[str]
     ) -> None:
-        cut = self._query.on_throttled(sent_at=sent_at, retry_after_s=error.retry_after_s)
-        log.warning(
-            "api.throttled",
-            family="query",
-            request_id=error.request_id,
-            retry_after_s=error.retry_after_s,
-            rate_per_s=round(self._query.rate.rate_per_s, 3),
-            rate_cut=cut,
-        )
+        _throttled(self._query, error, sent_at, request_ids=len(request_ids))
         self._reschedule(request_ids, error.retry_after_s or POLL_RETRY_S)
 
     def _reschedule(self, request_ids: list[str], delay_s: float) -> None:
@@ -1050,6 +1033,20 @@ class RolloutEngine:
             for task in (waiter, sleeper, stop_waiter):
                 if task is not None:
                     task.cancel()
+
+
+def _throttled(budget: Budget, error: ThrottledError, sent_at: float, **fields: int) -> None:
+    """Tell the budget (it cuts its rate once per burst) and log ``api.throttled``."""
+    cut = budget.on_throttled(sent_at=sent_at, retry_after_s=error.retry_after_s)
+    log.warning(
+        "api.throttled",
+        family=budget.name,
+        request_id=error.request_id,
+        retry_after_s=error.retry_after_s,
+        rate_per_s=round(budget.rate.rate_per_s, 3),
+        rate_cut=cut,
+        **fields,
+    )
 
 
 def _server_duration_s(job: Job) -> float | None:
