@@ -28,8 +28,8 @@ from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.errors import OrchestratorError
 from orchestrator.journal_commands import status_row
 from orchestrator.journaled import (
-    FINISHED_STATUSES,
     create_rollout,
+    ended,
     load_for_resume,
     merged_calls,
     run_journaled,
@@ -163,7 +163,7 @@ class RolloutManager:
         """Resume every unfinished rollout of the journal; ready once each holds its lease."""
         resumed = []
         for meta in await self._store.list_rollouts():
-            if meta.status not in FINISHED_STATUSES and meta.rollout_id not in self._runs:
+            if not ended(meta) and meta.rollout_id not in self._runs:
                 await self._resume(meta)
                 resumed.append(meta.rollout_id)
         waits = [run.started.wait() for run in self._runs.values()]
