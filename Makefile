@@ -29,5 +29,8 @@ unit: install
 demo: install
 	$(BIN)/cph-orchestrator demo
 
+bench: install
+	$(BIN)/python -m orchestrator.benchmark
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
