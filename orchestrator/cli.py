@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
 from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -25,7 +24,7 @@ from orchestrator.daemon import remote
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.logging import configure_logging
 from orchestrator.plan import load_plan
-from orchestrator.run import RolloutRequest, run_demo, run_rollout
+from orchestrator.run import ExitCode, RolloutRequest, run_demo, run_rollout
 from orchestrator.run import dry_run as run_dry
 from orchestrator.service import Overrides, new_rollout_id
 from orchestrator.settings import Settings, load_settings
@@ -34,17 +33,6 @@ __all__ = ["ExitCode", "main"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class ExitCode(IntEnum):
-    """Process exit codes other tools rely on."""
-
-    SUCCEEDED = 0
-    FAILED_PHONES = 1
-    ABORTED = 2
-    INVALID_INPUT = 3
-    API_FATAL = 4
-    INTERRUPTED = 130
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from orchestrator.service import (
 from orchestrator.settings import Settings
 
 __all__ = [
+    "ExitCode",
     "RolloutRequest",
     "drive_engine",
     "dry_run",
@@ -53,8 +55,18 @@ __all__ = [
 
 log = structlog.get_logger("orchestrator.run")
 
-EXIT_INTERRUPTED = 130
 SAMPLE_PHONES = 3
+
+
+class ExitCode(IntEnum):
+    """Process exit codes other tools rely on."""
+
+    SUCCEEDED = 0
+    FAILED_PHONES = 1
+    ABORTED = 2
+    INVALID_INPUT = 3
+    API_FATAL = 4
+    INTERRUPTED = 130
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +83,15 @@ class RolloutRequest:
     """The journal; None runs without one (``--no-journal``)."""
 
 
-def exit_code_for(result: RolloutResult) -> int:
+def exit_code_for(result: RolloutResult) -> ExitCode:
     """The contract's exit code for a finished run."""
     if result.fatal:
-        return 4
+        return ExitCode.API_FATAL
     return {
-        RolloutStatus.SUCCEEDED: 0,
-        RolloutStatus.COMPLETED_WITH_FAILURES: 1,
-        RolloutStatus.ABORTED: 2,
-        RolloutStatus.INTERRUPTED: EXIT_INTERRUPTED,
+        RolloutStatus.SUCCEEDED: ExitCode.SUCCEEDED,
+        RolloutStatus.COMPLETED_WITH_FAILURES: ExitCode.FAILED_PHONES,
+        RolloutStatus.ABORTED: ExitCode.ABORTED,
+        RolloutStatus.INTERRUPTED: ExitCode.INTERRUPTED,
     }[result.status]
 
 
@@ -93,7 +105,7 @@ def stop_on_signals(engine: RolloutEngine) -> Iterator[None]:
         received.append(signum)
         if len(received) > 1:
             print("second signal: exiting now", file=sys.stderr, flush=True)
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(ExitCode.INTERRUPTED)
         name = signal.Signals(signum).name
         print(f"{name}: finishing in-flight jobs, press again to quit", file=sys.stderr)
         engine.request_stop(f"interrupted by {name}")
