@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import pytest
 
+from orchestrator.benchmark.processes import stop_process
+
 __all__ = [
     "BATCH_SUBMITTED",
     "JOBS_FINISHED",
@@ -126,20 +128,6 @@ def clean_env(token: str | None = TOKEN) -> dict[str, str]:
     if token is not None:
         env["CPH_AUTH_TOKEN"] = token
     return env
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """Terminate (then kill) a child we started, reap it, and close its pipes."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 @dataclass

@@ -29,6 +29,7 @@ __all__ = [
     "SimulatorProcess",
     "clean_env",
     "run_measured",
+    "stop_process",
 ]
 
 PROJECT_ID = "proj123"
@@ -114,18 +115,8 @@ class SimulatorProcess:
 
     def stop(self) -> None:
         """Terminate (then kill) the simulator and reap it."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        if self._proc is not None:
+            stop_process(self._proc)
 
     def _get(self, path: str) -> Any:
         request = urllib.request.Request(self.url + path, headers={"X-Auth-Token": SIM_TOKEN})
@@ -198,3 +189,17 @@ def run_measured(
         cpu_s=usage.ru_utime + usage.ru_stime,
         peak_rss_kib=usage.ru_maxrss,
     )
+
+
+def stop_process(proc: subprocess.Popen[str]) -> None:
+    """Terminate (then kill) a child we started, reap it, and close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
