@@ -169,7 +169,7 @@ async def rerun_failed(
 def _payload(phone_id: str, prop: str, custom: Mapping[str, str] | None) -> Any:
     from orchestrator.cph.models import PropertyUpdate
 
-    return PropertyUpdate.model_construct(
+    return PropertyUpdate(
         phone_id=phone_id, property=prop, custom_property=dict(custom) if custom else None
     )
 

@@ -153,9 +153,7 @@ def ended(meta: RolloutMeta) -> bool:
 
 def _update(phone: StoredPhone) -> PropertyUpdate:
     custom = dict(phone.custom_property) if phone.custom_property else None
-    return PropertyUpdate.model_construct(
-        phone_id=phone.phone_id, property=phone.property, custom_property=custom
-    )
+    return PropertyUpdate(phone_id=phone.phone_id, property=phone.property, custom_property=custom)
 
 
 @contextlib.asynccontextmanager

@@ -371,7 +371,7 @@ async def test_connection_dropped_after_apply_is_an_unknown_outcome(
 def oversized_update(phone_id: str) -> PropertyUpdate:
     """An update over the 7800-byte limit, which ``PropertyUpdate.build`` would refuse to make."""
     raw = json.dumps({"sys.prop.big": "x" * 8000})
-    return PropertyUpdate.model_construct(phone_id=phone_id, property=raw, custom_property=None)
+    return PropertyUpdate(phone_id=phone_id, property=raw, custom_property=None)
 
 
 @pytest.mark.parametrize(

@@ -428,7 +428,7 @@ async def test_whole_batch_400_is_bisected_down_to_the_bad_phone(
         index=bad.index,
         phone_id=bad.phone_id,
         properties=json.loads(oversized),
-        update=PropertyUpdate.model_construct(phone_id=bad.phone_id, property=oversized),
+        update=PropertyUpdate(phone_id=bad.phone_id, property=oversized),
     )
 
     run = await run_rollout(sim, targets, fast_options(batch_size=16))

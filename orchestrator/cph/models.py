@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -172,10 +172,13 @@ def encode_property(properties: Mapping[str, Any]) -> str:
     return json.dumps(dict(properties), separators=(",", ":"), ensure_ascii=False)
 
 
-class PropertyUpdate(BaseModel):
-    """One element of a batch-update-property request (``PropertyToUpdate``)."""
+class PropertyUpdate(NamedTuple):
+    """One element of a batch-update-property request (``PropertyToUpdate``).
 
-    model_config = ConfigDict(frozen=True)
+    A named tuple rather than a pydantic model: one exists per phone of a rollout (100,000 and
+    more), every field is built by :meth:`build` from typed input, and a tuple costs a tenth of
+    the memory and time of a model.
+    """
 
     phone_id: str
     property: str
@@ -189,12 +192,10 @@ class PropertyUpdate(BaseModel):
         custom_property: Mapping[str, str] | None = None,
     ) -> PropertyUpdate:
         """Build and size-check an update; raises :class:`PropertyTooLargeError` over the limit."""
-        # Every field is built here from typed input, so validation would only cost time
-        # (this runs once per phone: 100,000 times for a large fleet).
-        update = cls.model_construct(
-            phone_id=phone_id,
-            property=encode_property(properties),
-            custom_property=dict(custom_property) if custom_property else None,
+        update = cls(
+            phone_id,
+            encode_property(properties),
+            dict(custom_property) if custom_property else None,
         )
         size = update.payload_bytes()
         if size > PROPERTY_LIMIT_BYTES:
@@ -212,4 +213,7 @@ class PropertyUpdate(BaseModel):
 
     def wire(self) -> dict[str, Any]:
         """The JSON object sent for this phone (absent fields omitted, as the SDK does)."""
-        return self.model_dump(exclude_none=True)
+        item: dict[str, Any] = {"phone_id": self.phone_id, "property": self.property}
+        if self.custom_property is not None:
+            item["custom_property"] = self.custom_property
+        return item
