@@ -326,7 +326,7 @@ class RolloutEngine:
                 continue
             sent_at = await self._submit.acquire()
             batch = self._take_batch()
-            if not batch or self._stop is not None:
+            if not batch or self._stop is not None or self.paused:  # paused while waiting
                 self._submit.release()
                 self._requeue_front(batch)
                 continue
