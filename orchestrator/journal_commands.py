@@ -19,7 +19,6 @@ from orchestrator.journaled import (
     JournalTarget,
     Prepare,
     create_rollout,
-    ended,
     load_for_resume,
     open_store,
     run_journaled,
@@ -87,16 +86,10 @@ async def resume(
     store = await open_store(state_path)
     try:
         meta = await store.get_rollout(rollout_id)
-        if ended(meta):
-            raise ConfigError(
-                f"rollout {rollout_id} already ended ({meta.status}); rerun-failed tries its"
-                " failed phones again"
-            )
         options = _with_overrides(_options(meta), overrides)
 
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
-            _, targets, records, _ = await load_for_resume(store, rollout_id)
-            return targets, records
+            return await load_for_resume(store, rollout_id)
 
         result = await _run_with_client(
             store,

@@ -23,7 +23,7 @@ import structlog
 from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.journal import Journal
-from orchestrator.engine.options import EngineOptions, options_from_data, options_to_data
+from orchestrator.engine.options import EngineOptions, options_to_data
 from orchestrator.engine.runner import Budgets, RolloutEngine, RolloutResult, Target
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord
 from orchestrator.errors import ConfigError
@@ -128,8 +128,11 @@ async def create_rollout(
 
 async def load_for_resume(
     store: RolloutStore, rollout_id: str
-) -> tuple[RolloutMeta, list[JournalTarget], list[PhoneRecord], EngineOptions]:
-    """Everything a resumed run needs; refuses a rollout that has already ended."""
+) -> tuple[list[JournalTarget], list[PhoneRecord]]:
+    """The phones a resumed run needs; refuses a rollout that has already ended.
+
+    Called under the rollout's lease, so the check and the read see what no runner changes.
+    """
     meta = await store.get_rollout(rollout_id)
     if ended(meta):
         raise ConfigError(
@@ -138,7 +141,7 @@ async def load_for_resume(
         )
     stored, records = await store.load_phones(rollout_id)
     targets = [JournalTarget(p.phone_id, _update(p)) for p in stored]
-    return meta, targets, records, options_from_data(meta.options)
+    return targets, records
 
 
 def ended(meta: RolloutMeta) -> bool:

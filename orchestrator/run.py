@@ -148,16 +148,32 @@ async def execute_rollout(
     request: RolloutRequest, *, client: CphClient | None = None
 ) -> tuple[RolloutResult, list[PhoneTarget]]:
     """Resolve the fleet, record the rollout in the journal, and run it to its end."""
-    if request.state_path is None:
-        return await _execute_unjournaled(request, client=client)
     own_client = client is None
     client = client or await open_client(request.settings.cph)
-    store = await open_store(request.state_path)
     try:
         targets = await resolve_targets(request.loaded, client)
         options = engine_options(
             request.loaded.plan.policy, request.settings.rollout, request.overrides
         )
+        if request.state_path is None:
+            result = await _run_unjournaled(request, client, targets, options)
+        else:
+            result = await _run_with_journal(request, request.state_path, client, targets, options)
+    finally:
+        if own_client:
+            await client.close()
+    return result, targets
+
+
+async def _run_with_journal(
+    request: RolloutRequest,
+    state_path: Path,
+    client: CphClient,
+    targets: list[PhoneTarget],
+    options: EngineOptions,
+) -> RolloutResult:
+    store = await open_store(state_path)
+    try:
         records = await create_rollout(
             store,
             rollout_id=request.rollout_id,
@@ -170,7 +186,7 @@ async def execute_rollout(
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
             return targets, records
 
-        result = await run_journaled(
+        return await run_journaled(
             store,
             rollout_id=request.rollout_id,
             name=request.loaded.plan.name,
@@ -181,34 +197,23 @@ async def execute_rollout(
         )
     finally:
         await store.close()
-        if own_client:
-            await client.close()
-    return result, targets
 
 
-async def _execute_unjournaled(
-    request: RolloutRequest, *, client: CphClient | None
-) -> tuple[RolloutResult, list[PhoneTarget]]:
+async def _run_unjournaled(
+    request: RolloutRequest,
+    client: CphClient,
+    targets: list[PhoneTarget],
+    options: EngineOptions,
+) -> RolloutResult:
     """``--no-journal``: nothing is written, so nothing can be resumed (for benchmarks)."""
-    own_client = client is None
-    client = client or await open_client(request.settings.cph)
-    try:
-        targets = await resolve_targets(request.loaded, client)
-        options = engine_options(
-            request.loaded.plan.policy, request.settings.rollout, request.overrides
-        )
-        engine = RolloutEngine(
-            rollout_id=request.rollout_id,
-            name=request.loaded.plan.name,
-            targets=targets,
-            client=client,
-            options=options,
-        )
-        result = await drive_engine(engine, show_progress=request.show_progress)
-    finally:
-        if own_client:
-            await client.close()
-    return result, targets
+    engine = RolloutEngine(
+        rollout_id=request.rollout_id,
+        name=request.loaded.plan.name,
+        targets=targets,
+        client=client,
+        options=options,
+    )
+    return await drive_engine(engine, show_progress=request.show_progress)
 
 
 async def run_rollout(request: RolloutRequest, *, client: CphClient | None = None) -> int:

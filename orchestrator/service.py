@@ -26,7 +26,6 @@ from orchestrator.engine.policy import (
     full_jitter_backoff_s,
 )
 from orchestrator.plan import (
-    KNOWN_PROPERTIES,
     FleetQuery,
     LoadedPlan,
     PhoneTarget,
@@ -70,10 +69,6 @@ def new_rollout_id(now: datetime | None = None) -> str:
     return f"ro-{stamp}-{secrets.token_hex(2)}"
 
 
-def _restart_properties() -> frozenset[str]:
-    return frozenset(name for name, spec in KNOWN_PROPERTIES.items() if spec.needs_restart)
-
-
 def engine_options(
     policy: Policy,
     defaults: RolloutSettings,
@@ -106,7 +101,6 @@ def engine_options(
         bake_s=policy.bake_s,
         job_timeout_s=policy.job_timeout_s,
         restart=RestartMode(policy.restart_after.value),
-        restart_properties=_restart_properties(),
         progress_interval_s=defaults.progress_interval_s,
         stop_grace_s=defaults.stop_grace_s,
         first_poll_s=defaults.first_poll_s,

@@ -176,8 +176,7 @@ class RolloutManager:
         rollout_id = meta.rollout_id
 
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
-            _, targets, records, _ = await load_for_resume(self._store, rollout_id)
-            return targets, records
+            return await load_for_resume(self._store, rollout_id)
 
         client = await open_client(self._settings.cph, clock=self._clock)
         options = options_from_data(meta.options)

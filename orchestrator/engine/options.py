@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.engine.policy import AbortThresholds, RetryPolicy
+from orchestrator.plan.properties import KNOWN_PROPERTIES
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -35,8 +36,10 @@ SHOW_JOB_AFTER_MISSES = 2
 """Ask ShowJob about a job only after ListJobs left it out this many times in a row."""
 
 
-RESTART_PROPERTIES = frozenset({"com.cph.mainkeys", "qemu.hw.mainkeys"})
-"""Properties that take effect only after a restart (cph-api.md §6; the rest is UNCONFIRMED)."""
+RESTART_PROPERTIES = frozenset(
+    name for name, spec in KNOWN_PROPERTIES.items() if spec.needs_restart
+)
+"""Properties that take effect only after a restart, from the plan's property table."""
 
 
 class RestartMode(StrEnum):
