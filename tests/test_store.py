@@ -220,6 +220,101 @@ async def test_phones_filters_by_state_and_error_code_and_pages(store: SqliteSto
     assert (await store.get_rollout("r1")).counts["failed"] == 5
 
 
+def change_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM phone_changes").fetchone()[0])
+
+
+@pytest.mark.parametrize("reader", ["same store", "another store"])
+async def test_every_read_sees_each_phones_latest_save(
+    store: SqliteStore, journal_path: Path, reader: str
+) -> None:
+    await create(store, "r1", 6)
+    await create(store, "r2", 2)
+    _, records = await store.load_phones("r1")
+    for record in records[:4]:
+        record.state, record.batch_id = PhoneState.SUBMITTING, "b1"
+    await store.save("r1", records[:4])
+    for record in records[:4]:
+        record.state, record.job_id = PhoneState.RUNNING, f"job-{record.index}"
+    await store.save("r1", records[:4])
+    records[0].state = PhoneState.SUCCEEDED
+    records[1].state, records[1].error_code = PhoneState.FAILED, "CPS.0004"
+    await store.save("r1", records[:2])
+    assert change_rows(journal_path) == 3
+
+    async with contextlib.AsyncExitStack() as stack:
+        read = store
+        if reader == "another store":
+            read = await SqliteStore.open(journal_path, read_only=True)
+            stack.push_async_callback(read.close)
+        counts = (await read.get_rollout("r1")).counts
+        assert counts == {state.value: 0 for state in PhoneState} | {
+            "succeeded": 1,
+            "failed": 1,
+            "running": 2,
+            "pending": 2,
+        }
+        listed = {meta.rollout_id: meta.counts for meta in await read.list_rollouts()}
+        assert listed["r1"] == counts
+        assert listed["r2"]["pending"] == 2
+        _, loaded = await read.load_phones("r1")
+        assert [(r.state.value, r.job_id, r.batch_id) for r in loaded] == [
+            ("succeeded", "job-0", "b1"),
+            ("failed", "job-1", "b1"),
+            ("running", "job-2", "b1"),
+            ("running", "job-3", "b1"),
+            ("pending", None, None),
+            ("pending", None, None),
+        ]
+        assert [r.index for r in await read.phones("r1", state=PhoneState.RUNNING)] == [2, 3]
+        assert [r.index for r in await read.phones("r1", error_code="CPS.0004")] == [1]
+        assert [r.index for r in await read.phones("r1", offset=1, limit=2)] == [1, 2]
+        assert await read.phones("r1", state=PhoneState.CANCELLED) == []
+
+
+async def test_counts_stay_exact_when_two_stores_take_turns_saving(
+    store: SqliteStore, journal_path: Path
+) -> None:
+    await create(store, "r1", 4)
+    _, records = await store.load_phones("r1")
+    records[0].state = PhoneState.SUBMITTING
+    await store.save("r1", records[:1])
+    other = await SqliteStore.open(journal_path)  # e.g. a resume after this process stopped
+    try:
+        _, theirs = await other.load_phones("r1")
+        theirs[0].state, theirs[1].state = PhoneState.RUNNING, PhoneState.SUBMITTING
+        await other.save("r1", theirs[:2])
+    finally:
+        await other.close()
+    records[0].state = PhoneState.SUCCEEDED  # this store's knowledge is now older than the file's
+    await store.save("r1", records[:1])
+    counts = (await store.get_rollout("r1")).counts
+    assert {state: n for state, n in counts.items() if n} == {
+        "succeeded": 1,
+        "submitting": 1,
+        "pending": 2,
+    }
+
+
+async def test_a_damaged_change_log_is_reported_not_misread(
+    store: SqliteStore, journal_path: Path
+) -> None:
+    await create(store, "r1", 2)
+    _, records = await store.load_phones("r1")
+    await store.save("r1", records)
+    with contextlib.closing(sqlite3.connect(journal_path)) as conn:
+        conn.execute("UPDATE phone_changes SET changes_json = '[[1, 2'")
+        conn.execute("UPDATE rollout_counts SET counts_json = '{'")
+        conn.commit()
+    with pytest.raises(StoreCorruptError, match="change 1 of rollout r1 is damaged"):
+        await store.phones("r1")
+    with pytest.raises(StoreCorruptError, match="change 1 of rollout r1 is damaged"):
+        await store.load_phones("r1")
+    with pytest.raises(StoreCorruptError, match="counts of rollout r1 are damaged"):
+        await store.get_rollout("r1")
+
+
 async def test_update_rollout_changes_only_what_is_given(journal_path: Path) -> None:
     clock = FakeClock(epoch=1_717_200_000.0)
     store = await SqliteStore.open(journal_path, clock=clock)
@@ -294,7 +389,7 @@ async def test_an_empty_file_is_a_new_journal(empty_file: Path) -> None:
     store = await SqliteStore.open(journal_path)
     await create(store, "r1", 1)
     await store.close()
-    assert raw_pragma(journal_path, "user_version") == 1
+    assert raw_pragma(journal_path, "user_version") == len(MIGRATIONS)
 
 
 async def test_an_older_schema_is_migrated_in_place(journal_path: Path) -> None:
@@ -308,9 +403,31 @@ async def test_an_older_schema_is_migrated_in_place(journal_path: Path) -> None:
         assert len((await upgraded.load_phones("r1"))[1]) == 3
     finally:
         await upgraded.close()
-    assert raw_pragma(journal_path, "user_version") == 2
+    assert raw_pragma(journal_path, "user_version") == len(V2)
     with contextlib.closing(sqlite3.connect(journal_path)) as conn:
         assert conn.execute("SELECT notes FROM rollouts").fetchall() == [("",)]
+
+
+async def test_a_first_version_journal_gains_the_change_log(journal_path: Path) -> None:
+    old = await SqliteStore.open(journal_path)
+    await create(old, "r1", 2)
+    await old.close()
+    with contextlib.closing(sqlite3.connect(journal_path)) as conn:  # as the first version left it
+        conn.executescript(
+            "DROP TABLE rollout_counts; DROP TABLE phone_changes; PRAGMA user_version = 1;"
+        )
+
+    store = await SqliteStore.open(journal_path)
+    try:
+        _, records = await store.load_phones("r1")
+        assert (await store.get_rollout("r1")).counts["pending"] == 2
+        records[0].state = PhoneState.SUBMITTING
+        await store.save("r1", records[:1])
+        assert (await store.get_rollout("r1")).counts["submitting"] == 1
+        assert (await store.get_rollout("r1")).counts["pending"] == 1
+    finally:
+        await store.close()
+    assert raw_pragma(journal_path, "user_version") == len(MIGRATIONS)
 
 
 async def test_a_failing_migration_step_leaves_the_file_at_its_version(journal_path: Path) -> None:
@@ -324,7 +441,7 @@ async def test_a_failing_migration_step_leaves_the_file_at_its_version(journal_p
 
     with pytest.raises(StoreError, match="syntax error"):
         await SqliteStore.open(journal_path, migrations=(*MIGRATIONS, Migration("broken", broken)))
-    assert raw_pragma(journal_path, "user_version") == 1
+    assert raw_pragma(journal_path, "user_version") == len(MIGRATIONS)
     with contextlib.closing(sqlite3.connect(journal_path)) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(rollouts)")]
     assert "half" not in columns
@@ -336,8 +453,8 @@ async def test_a_newer_schema_is_refused(journal_path: Path) -> None:
     with pytest.raises(StoreCorruptError) as caught:
         await SqliteStore.open(journal_path)
     assert str(caught.value) == (
-        f"{journal_path} was written by a newer cph-orchestrator (schema 2);"
-        " this version knows up to 1"
+        f"{journal_path} was written by a newer cph-orchestrator (schema {len(V2)});"
+        f" this version knows up to {len(MIGRATIONS)}"
     )
 
 

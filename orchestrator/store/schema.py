@@ -87,7 +87,32 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration("rollouts and their phones", _create_v1),)
+def _create_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE phone_changes (
+            seq          INTEGER PRIMARY KEY,
+            rollout_id   TEXT NOT NULL REFERENCES rollouts (rollout_id) ON DELETE CASCADE,
+            changes_json TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX phone_changes_by_rollout ON phone_changes (rollout_id, seq)")
+    conn.execute(
+        """
+        CREATE TABLE rollout_counts (
+            rollout_id  TEXT PRIMARY KEY REFERENCES rollouts (rollout_id) ON DELETE CASCADE,
+            generation  INTEGER NOT NULL,
+            counts_json TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("rollouts and their phones", _create_v1),
+    Migration("phone changes appended per save, and per-state counts", _create_v2),
+)
 """The schema's history; ``len(MIGRATIONS)`` is the version this code writes."""
 
 

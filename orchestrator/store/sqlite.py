@@ -25,6 +25,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from operator import attrgetter
@@ -42,6 +43,17 @@ from orchestrator.store.base import (
     StoredPhone,
     StoreError,
     StoreUnavailableError,
+)
+from orchestrator.store.changes import (
+    LiveCounts,
+    append_changes,
+    current_live,
+    empty_counts,
+    generation_of,
+    latest_changes,
+    logged_counts,
+    overlay,
+    write_counts,
 )
 from orchestrator.store.lease import Lease, may_take, refusal
 from orchestrator.store.schema import (
@@ -74,10 +86,6 @@ _ROLLOUT_COLUMNS = (
     "rollout_id, name, status, reason, created_at, updated_at, options_json, plan_source,"
     " api_calls_json"
 )
-_SAVE_SQL = (
-    "UPDATE phones SET wave = ?, state = ?, stage = ?, attempts = ?, job_id = ?, request_id = ?,"
-    " batch_id = ?, error_code = ?, error_msg = ? WHERE phone_id = ? AND rollout_id = ?"
-)
 _INSERT_PHONE_SQL = (
     f"INSERT INTO phones (rollout_id, {_PHONE_COLUMNS}, property, custom_property_json)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -97,7 +105,8 @@ _snapshot = attrgetter(
     "error_msg",
     "phone_id",
 )
-"""The fields ``save`` writes, in ``_SAVE_SQL`` order (a C-level getter: the loop's cost per phone)."""
+"""A phone's change as ``save`` logs it (``changes.CHANGE_FIELDS``; a C-level getter: the loop's
+cost per phone)."""
 _STATES = {state.value: state for state in PhoneState}
 _STAGES = {stage.value: stage for stage in Stage}
 
@@ -114,6 +123,8 @@ class SqliteStore:
         """Used only on the executor's thread (``sqlite3`` enforces it)."""
         self._clock = clock
         self._closed = False
+        self._live: dict[str, LiveCounts] = {}
+        """Phone states of the rollouts this store saves to (store thread only)."""
 
     @classmethod
     async def open(
@@ -183,7 +194,7 @@ class SqliteStore:
         ``phones`` and ``records`` describe the same phones (matched by ``phone_id``); the caller
         must not change them until this returns, since they are read on the store's thread.
         """
-        await self._call(partial(_create_rollout, meta, phones, records))
+        await self._call(partial(_create_rollout, meta, phones, records, self._live))
 
     async def save(self, rollout_id: str, records: Sequence[PhoneRecord]) -> None:
         """Write the mutable fields of these phones in one transaction (called on every batch step).
@@ -194,7 +205,7 @@ class SqliteStore:
         if not records:
             return
         rows = list(map(_snapshot, records))
-        await self._call(partial(_save, rollout_id, rows))
+        await self._call(partial(_save, self._path, rollout_id, rows, self._live))
 
     async def update_rollout(
         self,
@@ -215,19 +226,19 @@ class SqliteStore:
             changes["api_calls_json"] = json.dumps(dict(api_calls))
         if options is not None:
             changes["options_json"] = json.dumps(dict(options))
-        await self._call(partial(_update_rollout, rollout_id, changes))
+        await self._call(partial(_update_rollout, rollout_id, changes, self._live))
 
     async def get_rollout(self, rollout_id: str) -> RolloutMeta:
         """The header with per-state counts; :class:`RolloutNotFoundError` if unknown."""
-        return await self._call(partial(_get_rollout, rollout_id))
+        return await self._call(partial(_get_rollout, self._path, rollout_id))
 
     async def list_rollouts(self) -> list[RolloutMeta]:
         """Every rollout, newest first (creation order breaks ties), with counts."""
-        return await self._call(_list_rollouts)
+        return await self._call(partial(_list_rollouts, self._path))
 
     async def load_phones(self, rollout_id: str) -> tuple[list[StoredPhone], list[PhoneRecord]]:
         """Payloads and records in fleet order; the monotonic-clock fields come back as 0.0."""
-        return await self._call(partial(_load_phones, self._path, rollout_id))
+        return await self._call(partial(_load_phones, self._path, rollout_id, self._live))
 
     async def phones(
         self,
@@ -386,6 +397,7 @@ def _create_rollout(
     meta: RolloutMeta,
     phones: Sequence[StoredPhone],
     records: Sequence[PhoneRecord],
+    live: dict[str, LiveCounts],
     conn: sqlite3.Connection,
 ) -> None:
     rows = _phone_rows(meta.rollout_id, phones, records)
@@ -408,29 +420,34 @@ def _create_rollout(
             )
         conn.execute(_INSERT_ROLLOUT_SQL, header)
         conn.executemany(_INSERT_PHONE_SQL, rows)
+        created = LiveCounts.of_new_rollout(record.phone_id for record in records)
+        write_counts(conn, meta.rollout_id, created.generation, created.counts)
+    live[meta.rollout_id] = created
 
 
-def _save(rollout_id: str, rows: list[tuple[Any, ...]], conn: sqlite3.Connection) -> None:
+def _save(
+    path: Path,
+    rollout_id: str,
+    changes: list[tuple[Any, ...]],
+    live: dict[str, LiveCounts],
+    conn: sqlite3.Connection,
+) -> None:
     with write_transaction(conn):
-        cursor = conn.executemany(_SAVE_SQL, [(*row, rollout_id) for row in rows])
-        if cursor.rowcount != len(rows):
-            _raise_unknown_phones(conn, rollout_id, [row[-1] for row in rows])
+        known = live[rollout_id] = current_live(conn, path, rollout_id, live.get(rollout_id))
+        counts = known.moved(rollout_id, changes)
+        append_changes(conn, rollout_id, changes)
+        write_counts(conn, rollout_id, known.generation + 1, counts)
+    known.accept(changes, counts)
 
 
-def _raise_unknown_phones(conn: sqlite3.Connection, rollout_id: str, phone_ids: list[str]) -> None:
-    _require_rollout(conn, rollout_id)
-    known = {
-        row[0]
-        for row in conn.execute("SELECT phone_id FROM phones WHERE rollout_id = ?", (rollout_id,))
-    }
-    unknown = sorted(set(phone_ids) - known)
-    raise StoreError(
-        f"rollout {rollout_id} has no phone(s) {', '.join(unknown[:5])}"
-        f"{' …' if len(unknown) > 5 else ''}; nothing of this save was written"
-    )
-
-
-def _update_rollout(rollout_id: str, changes: dict[str, object], conn: sqlite3.Connection) -> None:
+def _update_rollout(
+    rollout_id: str,
+    changes: dict[str, object],
+    live: dict[str, LiveCounts],
+    conn: sqlite3.Connection,
+) -> None:
+    if "status" in changes:
+        live.pop(rollout_id, None)  # the run ended: a later one reads the file afresh
     assignments = ", ".join(f"{column} = ?" for column in changes)
     with write_transaction(conn):
         cursor = conn.execute(
@@ -439,10 +456,6 @@ def _update_rollout(rollout_id: str, changes: dict[str, object], conn: sqlite3.C
         )
         if cursor.rowcount == 0:
             raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
-
-
-def _empty_counts() -> dict[str, int]:
-    return {state.value: 0 for state in PhoneState}
 
 
 def _meta(row: Sequence[Any], counts: Mapping[str, int]) -> RolloutMeta:
@@ -460,41 +473,53 @@ def _meta(row: Sequence[Any], counts: Mapping[str, int]) -> RolloutMeta:
     )
 
 
-def _get_rollout(rollout_id: str, conn: sqlite3.Connection) -> RolloutMeta:
+def _get_rollout(path: Path, rollout_id: str, conn: sqlite3.Connection) -> RolloutMeta:
     with read_transaction(conn):
-        return _get_rollout_in(rollout_id, conn)
+        return _get_rollout_in(path, rollout_id, conn)
 
 
-def _get_rollout_in(rollout_id: str, conn: sqlite3.Connection) -> RolloutMeta:
+def _get_rollout_in(path: Path, rollout_id: str, conn: sqlite3.Connection) -> RolloutMeta:
     row = conn.execute(
         f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?",
         (rollout_id,),
     ).fetchone()
     if row is None:
         raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
-    counts = _empty_counts()
-    for state, count in conn.execute(
-        "SELECT state, count(*) FROM phones WHERE rollout_id = ? GROUP BY state", (rollout_id,)
-    ):
-        counts[state] = count
-    return _meta(row, counts)
+    return _meta(row, _counts(conn, path, rollout_id).get(rollout_id) or empty_counts())
 
 
-def _list_rollouts(conn: sqlite3.Connection) -> list[RolloutMeta]:
+def _counts(
+    conn: sqlite3.Connection, path: Path, rollout_id: str | None = None
+) -> dict[str, dict[str, int]]:
+    """Per-state counts by rollout (one, or all): the counts row the last save wrote, or for a
+    rollout without one (created by a version before the change log, never saved to since)
+    the phones' rows."""
+    counts = {key: value for key, (_, value) in logged_counts(conn, path, rollout_id).items()}
+    wanted = (
+        [rollout_id]
+        if rollout_id is not None
+        else [row[0] for row in conn.execute("SELECT rollout_id FROM rollouts")]
+    )
+    for missing in [wanted_id for wanted_id in wanted if wanted_id not in counts]:
+        from_rows = counts[missing] = empty_counts()
+        for state, count in conn.execute(
+            "SELECT state, count(*) FROM phones WHERE rollout_id = ? GROUP BY state", (missing,)
+        ):
+            from_rows[state] = count
+    return counts
+
+
+def _list_rollouts(path: Path, conn: sqlite3.Connection) -> list[RolloutMeta]:
     with read_transaction(conn):
-        return _list_rollouts_in(conn)
+        return _list_rollouts_in(path, conn)
 
 
-def _list_rollouts_in(conn: sqlite3.Connection) -> list[RolloutMeta]:
-    counts: dict[str, dict[str, int]] = {}
-    for rollout_id, state, count in conn.execute(
-        "SELECT rollout_id, state, count(*) FROM phones GROUP BY rollout_id, state"
-    ):
-        counts.setdefault(rollout_id, _empty_counts())[state] = count
+def _list_rollouts_in(path: Path, conn: sqlite3.Connection) -> list[RolloutMeta]:
+    counts = _counts(conn, path)
     rows = conn.execute(
         f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, rowid DESC"
     )
-    return [_meta(row, counts.get(row[0]) or _empty_counts()) for row in rows]
+    return [_meta(row, counts.get(row[0]) or empty_counts()) for row in rows]
 
 
 def _record(row: Sequence[Any]) -> PhoneRecord:
@@ -512,56 +537,80 @@ def _records(path: Path, rows: Sequence[Sequence[Any]]) -> list[PhoneRecord]:
 
 
 def _load_phones(
-    path: Path, rollout_id: str, conn: sqlite3.Connection
+    path: Path, rollout_id: str, live: dict[str, LiveCounts], conn: sqlite3.Connection
 ) -> tuple[list[StoredPhone], list[PhoneRecord]]:
-    rows = conn.execute(
-        f"SELECT {_PHONE_COLUMNS}, property, custom_property_json FROM phones"
-        " WHERE rollout_id = ? ORDER BY idx",
-        (rollout_id,),
-    ).fetchall()
-    if not rows:
-        _require_rollout(conn, rollout_id)
+    with read_transaction(conn):
+        rows = conn.execute(
+            f"SELECT {_PHONE_COLUMNS}, property, custom_property_json FROM phones"
+            " WHERE rollout_id = ? ORDER BY idx",
+            (rollout_id,),
+        ).fetchall()
+        if not rows:
+            _require_rollout(conn, rollout_id)
+        rows = overlay(rows, latest_changes(conn, path, rollout_id))
+        generation = generation_of(conn, rollout_id)
     phones = [
         StoredPhone(row[0], row[1], row[11], None if row[12] is None else json.loads(row[12]))
         for row in rows
     ]
-    return phones, _records(path, rows)
+    records = _records(path, rows)
+    if generation is not None:  # what a resumed run saves next starts from here
+        live[rollout_id] = LiveCounts({row[1]: row[3] for row in rows}, generation)
+    return phones, records
 
 
+@dataclass(frozen=True, slots=True)
 class _PhoneQuery:
-    """The filter and page of :meth:`SqliteStore.phones`, as SQL."""
+    """The filter and page of :meth:`SqliteStore.phones`."""
 
-    __slots__ = ("params", "rollout_id", "sql")
+    rollout_id: str
+    state: PhoneState | None
+    error_code: str | None
+    offset: int
+    limit: int | None
 
-    def __init__(
-        self,
-        rollout_id: str,
-        state: PhoneState | None,
-        error_code: str | None,
-        offset: int,
-        limit: int | None,
-    ) -> None:
+    def sql(self) -> tuple[str, tuple[object, ...]]:
+        """The query on the phones' rows alone (right when the rollout's change log is empty)."""
         where = ["rollout_id = ?"]
-        params: list[object] = [rollout_id]
-        if state is not None:
+        params: list[object] = [self.rollout_id]
+        if self.state is not None:
             where.append("state = ?")
-            params.append(state.value)
-        if error_code is not None:
+            params.append(self.state.value)
+        if self.error_code is not None:
             where.append("error_code = ?")
-            params.append(error_code)
-        params += [-1 if limit is None else limit, offset]
-        self.sql = (
+            params.append(self.error_code)
+        params += [-1 if self.limit is None else self.limit, self.offset]
+        sql = (
             f"SELECT {_PHONE_COLUMNS} FROM phones WHERE {' AND '.join(where)}"
             " ORDER BY idx LIMIT ? OFFSET ?"
         )
-        self.params = tuple(params)
-        self.rollout_id = rollout_id
+        return sql, tuple(params)
+
+    def page(self, rows: list[Any]) -> list[Any]:
+        """The same filter and page applied to rows in fleet order (after the log's overlay)."""
+        wanted = [
+            row
+            for row in rows
+            if (self.state is None or row[3] == self.state.value)
+            and (self.error_code is None or row[9] == self.error_code)
+        ]
+        end = None if self.limit is None else self.offset + self.limit
+        return wanted[self.offset : end]
 
 
 def _select_phones(path: Path, query: _PhoneQuery, conn: sqlite3.Connection) -> list[PhoneRecord]:
-    rows = conn.execute(query.sql, query.params).fetchall()
-    if not rows:
-        _require_rollout(conn, query.rollout_id)
+    with read_transaction(conn):
+        latest = latest_changes(conn, path, query.rollout_id)
+        if latest:
+            everything = conn.execute(
+                f"SELECT {_PHONE_COLUMNS} FROM phones WHERE rollout_id = ? ORDER BY idx",
+                (query.rollout_id,),
+            ).fetchall()
+            rows = query.page(overlay(everything, latest))
+        else:
+            rows = conn.execute(*query.sql()).fetchall()
+        if not rows:
+            _require_rollout(conn, query.rollout_id)
     return _records(path, rows)
 
 
