@@ -120,6 +120,12 @@ def _measure(phones: int, limits: Limits, workdir: Path) -> RolloutFigures:
         f"  done in {run.wall_s:.1f} s (T_min {limits.t_min_s(phones):.1f} s), CPU {run.cpu_s:.1f} s"
         f" ({run.cpu_s / phones * 1e6:.1f} us/phone), peak RSS {run.peak_rss_kib / 1024:.0f} MB"
     )
+    phases = figures.phases
+    _say(
+        f"  setup {phases.setup_s:.2f} s, engine {phases.engine_s:.2f} s"
+        f" ({phases.engine_s / limits.t_min_s(phones):.3f} of T_min),"
+        f" teardown {phases.teardown_s:.2f} s"
+    )
     return figures
 
 

@@ -1,8 +1,9 @@
 """The processes a benchmark drives: the simulator, and a measured child (rollout or SDK script).
 
 Readiness is read from the simulator's "listening" line, never waited for by a fixed sleep. A measured
-child is reaped with :func:`os.wait4`, which gives its own CPU time and peak RSS (``ru_maxrss``, KiB on
-Linux) without counting the harness or the simulator.
+child is started and reaped with :func:`os.wait4` by a fresh launcher process
+(:mod:`~orchestrator.benchmark.launcher`), which gives its own CPU time and peak RSS (``ru_maxrss``, KiB
+on Linux) without counting the harness, the launcher or the simulator.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from orchestrator.benchmark import launcher as launcher_module
 
 __all__ = [
     "PROJECT_ID",
@@ -41,6 +45,8 @@ LIST_PAGE = 200
 THROTTLED_WAIT_S = 0.2
 """How long to wait before asking again when listing the fleet is throttled (429)."""
 HTTP_TIMEOUT_S = 30.0
+LAUNCHER_GRACE_S = 30.0
+"""How long past the measured timeout the launcher itself may take before it is killed as hung."""
 
 LISTENING = re.compile(r"simulator listening on (http://[\d.]+:\d+)")
 
@@ -154,12 +160,33 @@ class SimulatorProcess:
 
 @dataclass(frozen=True)
 class MeasuredRun:
-    """What one child process cost, measured from outside it."""
+    """What one child process cost, measured from outside it by :mod:`~orchestrator.benchmark.launcher`."""
 
     exit_code: int
     wall_s: float
     cpu_s: float
     peak_rss_kib: int
+    started_at_s: float
+    """Wall clock (Unix epoch) just before the child was spawned; its log timestamps share this clock."""
+
+
+def _launcher_command(command: Sequence[str], result_path: Path, timeout_s: float) -> list[str]:
+    """``python -I -S launcher.py``: a fresh, stdlib-only interpreter, small whatever the harness holds."""
+    launcher = [sys.executable, "-I", "-S", launcher_module.__file__]
+    return [*launcher, "--result", str(result_path), "--timeout-s", str(timeout_s), "--", *command]
+
+
+def _wait_for_launcher(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Reap the launcher; on a hang past its own watchdog, or Ctrl-C, kill its session (it and its child)."""
+    wait_s = timeout_s + LAUNCHER_GRACE_S
+    try:
+        proc.wait(timeout=wait_s)
+    except BaseException as error:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(error, subprocess.TimeoutExpired):
+            raise RuntimeError(f"the launcher did not exit within {wait_s} s") from error
+        raise
 
 
 def run_measured(
@@ -171,23 +198,29 @@ def run_measured(
     stderr_path: Path,
     timeout_s: float,
 ) -> MeasuredRun:
-    """Run ``command`` to its end; wall time from start to exit, its CPU and peak RSS by ``wait4``."""
+    """Run ``command`` to its end through the launcher; its wall time, CPU and peak RSS by ``wait4``.
+
+    The launcher, not the harness, spawns and reaps the command, so ``ru_maxrss`` is the command's own
+    even after the harness has grown (see :mod:`~orchestrator.benchmark.launcher`).
+    """
+    result_path = stdout_path.resolve().with_name(stdout_path.name + ".measured.json")
+    result_path.unlink(missing_ok=True)
+    launcher = _launcher_command(command, result_path, timeout_s)
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        started_s = time.monotonic()
-        proc = subprocess.Popen(list(command), cwd=cwd, env=dict(env), stdout=out, stderr=err)
-        watchdog = threading.Timer(timeout_s, proc.kill)
-        watchdog.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            watchdog.cancel()
-        wall_s = time.monotonic() - started_s
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen(
+            launcher, cwd=cwd, env=dict(env), stdout=out, stderr=err, start_new_session=True
+        )
+        _wait_for_launcher(proc, timeout_s)
+    try:
+        figures = json.loads(result_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"the launcher exited with {proc.returncode} and no result") from error
     return MeasuredRun(
-        exit_code=proc.returncode,
-        wall_s=wall_s,
-        cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_kib=usage.ru_maxrss,
+        exit_code=int(figures["exit_code"]),
+        wall_s=float(figures["wall_s"]),
+        cpu_s=float(figures["cpu_s"]),
+        peak_rss_kib=int(figures["peak_rss_kib"]),
+        started_at_s=float(figures["started_at_s"]),
     )
 
 

@@ -2,7 +2,9 @@
 
 ``bench-results/latest.json`` carries the keys the issue names (``n``, ``wall_s``, ``t_min_s`` …,
 ``speedup_vs_sdk``); ``BENCHMARKS.md`` gets one row per run, inserted above a marker comment so the
-header and older rows stay as they are.
+header and older rows stay as they are. Where the wall time went (``setup_s``, ``engine_s``,
+``teardown_s``, ``engine_over_t_min``) is printed and kept in the JSON only: a new table column would
+leave every older row with an empty cell.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def _rollout_figures(ours: RolloutFigures, limits: Limits) -> dict[str, Any]:
         "cpu_us_per_phone": round(ours.run.cpu_s / n * 1e6, 2),
         "peak_rss_mb": round(rss_bytes / BYTES_PER_MB, 1),
         "bytes_per_phone": round(rss_bytes / n, 1),
+        "setup_s": round(ours.phases.setup_s, 3),
+        "engine_s": round(ours.phases.engine_s, 3),
+        "teardown_s": round(ours.phases.teardown_s, 3),
+        "engine_over_t_min": round(ours.phases.engine_s / t_min_s, 3),
         "submit_calls": ours.calls.submit,
         "query_calls": ours.calls.query,
         "query_calls_per_phone": round(ours.calls.query / n, 4),
@@ -124,6 +130,10 @@ LABELS: Sequence[tuple[str, str]] = (
     ("wall_s", "wall time, s"),
     ("t_min_s", "T_min = N/(R·B) + D_max, s"),
     ("wall_over_t_min", "wall / T_min (target ≤ 1.10)"),
+    ("setup_s", "  setup: start → rollout.started, s"),
+    ("engine_s", "  engine: rollout.started → rollout.finished, s"),
+    ("teardown_s", "  teardown: rollout.finished → exit, s"),
+    ("engine_over_t_min", "engine / T_min"),
     ("cpu_s", "our CPU (user+sys), s"),
     ("cpu_us_per_phone", "our CPU per phone, µs (target ≤ 30)"),
     ("peak_rss_mb", "peak RSS, MB (target ≤ 250 at 100k)"),
@@ -152,12 +162,14 @@ def render_table(figures: dict[str, Any]) -> str:
 
 def render_scaling(rows: Sequence[dict[str, Any]]) -> str:
     """The scaling points as aligned columns."""
-    header = f"{'N':>9}  {'wall s':>8}  {'wall/Tmin':>9}  {'CPU µs/phone':>12}  "
+    header = f"{'N':>9}  {'wall s':>8}  {'wall/Tmin':>9}  {'setup s':>8}  {'engine s':>8}  "
+    header += f"{'teardown s':>10}  {'CPU µs/phone':>12}  "
     header += f"{'RSS MB':>7}  {'B/phone':>8}  {'queries/phone':>13}  limits"
     lines = [header]
     for row in rows:
         lines.append(
             f"{row['n']:>9}  {row['wall_s']:>8}  {row['wall_over_t_min']:>9}  "
+            f"{row['setup_s']:>8}  {row['engine_s']:>8}  {row['teardown_s']:>10}  "
             f"{row['cpu_us_per_phone']:>12}  {row['peak_rss_mb']:>7}  {row['bytes_per_phone']:>8}  "
             f"{row['query_calls_per_phone']:>13}  {row['limits']}"
         )

@@ -3,6 +3,8 @@
 The fleet is listed and the input files written before the clock starts; the simulator's counters are
 reset then, so the calls it reports are the run's own. Calls are taken from the simulator (what the
 cloud saw), not from the tool's account of itself; the report's ``api_calls`` are kept beside them.
+The rollout's wall time is split into setup, engine and teardown from the events it logs
+(:mod:`~orchestrator.benchmark.phases`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.benchmark.phases import Phases, rollout_phases
 from orchestrator.benchmark.processes import (
     PROJECT_ID,
     SIM_TOKEN,
@@ -65,6 +68,7 @@ class RolloutFigures:
     run: MeasuredRun
     calls: CallCounts
     succeeded: int
+    phases: Phases
     report_api_calls: dict[str, int] = field(default_factory=dict)
     command: str = ""
 
@@ -104,6 +108,15 @@ def _checked(run: MeasuredRun, what: str, stderr_path: Path) -> MeasuredRun:
     return run
 
 
+def _phases(run: MeasuredRun, log_path: Path) -> Phases:
+    """Setup, engine and teardown of the run, from the rollout's JSON log on its stderr."""
+    with log_path.open(encoding="utf-8", errors="replace") as log:
+        try:
+            return rollout_phases(log, started_at_s=run.started_at_s, wall_s=run.wall_s)
+        except ValueError as error:
+            raise BenchmarkError(f"{log_path}: {error}") from error
+
+
 def measure_ours(phones: int, limits: Limits, workdir: Path) -> RolloutFigures:
     """Roll a plan out to ``phones`` phones with the real command, journal on."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +142,7 @@ def measure_ours(phones: int, limits: Limits, workdir: Path) -> RolloutFigures:
         run=run,
         calls=calls,
         succeeded=int(report["counts"]["succeeded"]),
+        phases=_phases(run, workdir / "rollout.log"),
         report_api_calls=dict(report["api_calls"]),
         command="cph-orchestrator " + " ".join(args),
     )
