@@ -7,6 +7,7 @@ Exit codes are a contract (see README): 0 all succeeded, 1 finished with failed 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -251,6 +252,9 @@ def rollout(
     progress: bool | None,
 ) -> None:
     """Roll the plan's properties out to its fleet and report on every phone."""
+    # Set-up builds several objects per phone, all kept to the end: the cyclic collector would
+    # rescan them again and again. drive_engine freezes them and turns it back on.
+    gc.disable()
     settings = _load(config)
     loaded = load_plan(plan, strict=strict)
     request = RolloutRequest(

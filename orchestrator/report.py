@@ -8,12 +8,13 @@ and ``phones`` with ``phone_id``, ``state``, ``attempts``, ``job_id``, ``request
 from __future__ import annotations
 
 import csv
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import orjson
 
 from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
@@ -59,20 +60,22 @@ def build_report(
     }
 
 
-def _write_json(report: Mapping[str, Any], handle: Any) -> None:
+def _write_json(report: Mapping[str, Any], handle: BinaryIO) -> None:
     """The header indented for people, then one phone a line.
 
-    ``json.dump(indent=...)`` falls back to the pure-Python encoder, which takes seconds for
-    100,000 phones; encoding each phone alone keeps the C encoder.
+    Encoded with orjson: the standard encoder took 0.6 s for 100,000 phones, at the end of
+    every large rollout.
     """
     header = {key: value for key, value in report.items() if key != "phones"}
-    text = json.dumps(header, indent=1, ensure_ascii=False)
-    handle.write((text[:-2] + ",\n" if header else "{\n") + ' "phones": [\n')
+    text = orjson.dumps(header, option=orjson.OPT_INDENT_2).decode()
+    handle.write(((text[:-2] + ",\n" if header else "{\n") + '  "phones": [\n').encode())
     phones = report["phones"]
-    for position, phone in enumerate(phones):
-        handle.write("  " + json.dumps(phone, ensure_ascii=False))
-        handle.write(",\n" if position + 1 < len(phones) else "\n")
-    handle.write(" ]\n}\n")
+    last = len(phones) - 1
+    handle.writelines(
+        b"    " + orjson.dumps(phone) + (b",\n" if position < last else b"\n")
+        for position, phone in enumerate(phones)
+    )
+    handle.write(b"  ]\n}\n")
 
 
 def write_csv(phones: Sequence[Mapping[str, Any]], handle: Any) -> None:
@@ -90,10 +93,11 @@ def write_report(report: Mapping[str, Any], path: Path, *, fmt: str | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            if kind == "json":
-                _write_json(report, handle)
-            else:
+        if kind == "json":
+            with os.fdopen(fd, "wb") as binary:
+                _write_json(report, binary)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
                 write_csv(report["phones"], handle)
         os.replace(temp, path)
     except BaseException:

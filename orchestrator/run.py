@@ -125,6 +125,7 @@ async def drive_engine(engine: RolloutEngine, *, show_progress: bool) -> Rollout
     # collector from scanning it again and again (it made large rollouts twice as slow).
     gc.collect()
     gc.freeze()
+    gc.enable()
     with stop_on_signals(engine):
         if not show_progress:
             return await engine.run()

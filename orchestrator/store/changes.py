@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from orchestrator.engine.states import PhoneState
 from orchestrator.store.base import RolloutNotFoundError, StoreCorruptError, StoreError
 
@@ -69,7 +71,7 @@ def append_changes(conn: sqlite3.Connection, rollout_id: str, changes: Sequence[
     """Append one save's changes as a single row (the caller holds the write transaction)."""
     conn.execute(
         "INSERT INTO phone_changes (rollout_id, changes_json) VALUES (?, ?)",
-        (rollout_id, json.dumps(changes, separators=(",", ":"))),
+        (rollout_id, orjson.dumps(changes).decode()),
     )
 
 
@@ -82,7 +84,7 @@ def latest_changes(conn: sqlite3.Connection, path: Path, rollout_id: str) -> dic
     )
     for seq, text in rows:
         try:
-            latest.update((change[_MUTABLE], change) for change in json.loads(text))
+            latest.update((change[_MUTABLE], change) for change in orjson.loads(text))
         except (ValueError, TypeError, IndexError, KeyError) as error:
             raise StoreCorruptError(
                 f"{path}: change {seq} of rollout {rollout_id} is damaged: {error}"
