@@ -87,7 +87,40 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+_PHONES_BY_POSITION = """
+    CREATE TABLE phones_by_position (
+        rollout_id           TEXT NOT NULL REFERENCES rollouts (rollout_id) ON DELETE CASCADE,
+        idx                  INTEGER NOT NULL,
+        phone_id             TEXT NOT NULL,
+        wave                 INTEGER NOT NULL,
+        state                TEXT NOT NULL,
+        stage                TEXT NOT NULL,
+        attempts             INTEGER NOT NULL,
+        job_id               TEXT,
+        request_id           TEXT,
+        batch_id             TEXT,
+        error_code           TEXT,
+        error_msg            TEXT,
+        property             TEXT NOT NULL,
+        custom_property_json TEXT,
+        PRIMARY KEY (rollout_id, idx)
+    ) WITHOUT ROWID
+"""
+"""Phones stored in fleet order: a new rollout's rows are appended, not scattered through an index
+by phone ID (nothing looks a row up by phone ID since saves go to the change log); half the cost
+of creating a 100,000-phone rollout."""
+
+
 def _create_v2(conn: sqlite3.Connection) -> None:
+    conn.execute(_PHONES_BY_POSITION)
+    conn.execute(
+        "INSERT INTO phones_by_position (rollout_id, idx, phone_id, wave, state, stage, attempts,"
+        " job_id, request_id, batch_id, error_code, error_msg, property, custom_property_json)"
+        " SELECT rollout_id, idx, phone_id, wave, state, stage, attempts, job_id, request_id,"
+        " batch_id, error_code, error_msg, property, custom_property_json FROM phones"
+    )
+    conn.execute("DROP TABLE phones")
+    conn.execute("ALTER TABLE phones_by_position RENAME TO phones")
     conn.execute(
         """
         CREATE TABLE phone_changes (
@@ -111,7 +144,7 @@ def _create_v2(conn: sqlite3.Connection) -> None:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("rollouts and their phones", _create_v1),
-    Migration("phone changes appended per save, and per-state counts", _create_v2),
+    Migration("phones in fleet order, changes appended per save, per-state counts", _create_v2),
 )
 """The schema's history; ``len(MIGRATIONS)`` is the version this code writes."""
 

@@ -32,6 +32,8 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
+
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine.states import PhoneRecord, PhoneState, Stage
 from orchestrator.store.base import (
@@ -365,6 +367,10 @@ def _require_rollout(conn: sqlite3.Connection, rollout_id: str) -> None:
         raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
 
 
+def _json_text(value: Mapping[str, str]) -> str:
+    return orjson.dumps(dict(value)).decode()
+
+
 def _phone_rows(
     rollout_id: str, phones: Sequence[StoredPhone], records: Sequence[PhoneRecord]
 ) -> list[tuple[object, ...]]:
@@ -379,7 +385,7 @@ def _phone_rows(
         phone = by_id.get(record.phone_id)
         if phone is None or phone.position != record.index:
             raise ValueError(f"rollout {rollout_id}: no payload for phone {record.phone_id}")
-        custom = None if phone.custom_property is None else json.dumps(dict(phone.custom_property))
+        custom = None if phone.custom_property is None else _json_text(phone.custom_property)
         rows.append(
             (
                 rollout_id,
