@@ -492,7 +492,7 @@ def _print_daemon_answer(ask: Callable[[], Any]) -> None:
 @exit_on_errors
 def daemon(config: Path | None, listen: str | None, state: Path | None) -> None:
     """Serve the HTTP control API and run submitted rollouts; resume unfinished ones at start."""
-    from orchestrator.daemon import Daemon, parse_listen, serve
+    from orchestrator.daemon.server import Daemon, parse_listen, serve
 
     settings = _load(config)
     host, port = parse_listen(listen or settings.daemon.listen)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from orchestrator.cli import cli
-from orchestrator.daemon import Daemon, check_exposure, parse_listen
+from orchestrator.daemon.server import Daemon, check_exposure, parse_listen
 from orchestrator.engine.states import PhoneState
 from orchestrator.errors import ConfigError
 from orchestrator.journaled import open_store

@@ -4,9 +4,7 @@
 requests, :mod:`~orchestrator.daemon.manager` runs the rollouts on shared budgets,
 :mod:`~orchestrator.daemon.metrics` exposes Prometheus metrics, and
 :mod:`~orchestrator.daemon.remote` is the ``submit``/``status --daemon`` side.
+
+The package itself imports nothing: ``rollout`` and the other one-shot commands load only
+:mod:`~orchestrator.daemon.remote`, not the server's web framework and metrics.
 """
-
-from orchestrator.daemon.manager import RolloutManager
-from orchestrator.daemon.server import Daemon, check_exposure, parse_listen, serve
-
-__all__ = ["Daemon", "RolloutManager", "check_exposure", "parse_listen", "serve"]
