@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.plan import PlanError, load_plan_data, load_plan_text
+from orchestrator.plan import PhoneTarget, PlanError, load_plan_data, load_plan_text
+from orchestrator.plan.errors import Problems
+from orchestrator.plan.fleet import FleetTable, _read_csv, _read_plain_csv
+from orchestrator.plan.loader import _Renderer
 from orchestrator.plan.locate import PlanFormat
+from orchestrator.plan.properties import PropertyFormatError, PropertyValue, check_property
+from orchestrator.plan.render import compile_template
 
 DATA = Path(__file__).parent / "data" / "plans"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,3 +153,146 @@ def test_arbitrary_csv_fleets(fleet_dir: Path, csv_text: str) -> None:
 def test_arbitrary_json_fleets(fleet_dir: Path, items: list[dict[str, Any]]) -> None:
     (fleet_dir / "fleet.json").write_text(json.dumps(items))
     load_or_plan_error(PLAN.replace("fleet.csv", "fleet.json"), "yaml", fleet_dir)
+
+
+# -- the fast ways against the reference ways ----------------------------------------------------
+# Rendering, encoding and CSV reading each have a fast way for the common case and keep the
+# reference way for the rest; these compare the two on random input (private seams on purpose).
+
+COLUMN_NAMES = ["shop", "n", "x.y", "com.cph.mainkeys", "made.up"]
+PIECES = st.sampled_from(
+    [
+        *("{index}", "{index:07d}", "{phone_id:.4}", "{shop}", "{n:>5}", "{n:03d}", "{x.y}"),
+        *("{shop!r}", "{n!a:^9}", "{{", "}}", "\u00e9", '"', "\\", "\t", "\u2028", "\U0001f600"),
+        *("_", "7", " "),
+    ]
+)
+TEMPLATE_TEXT = st.lists(PIECES, min_size=1, max_size=5).map("".join)
+CELL = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["", "0", "1", "7", "de-DE", "{0}", "x" * 7790, "\u00e9" * 3900]),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=False),
+    st.booleans(),
+)
+ROW = st.dictionaries(st.sampled_from(COLUMN_NAMES), CELL, max_size=4).map(
+    lambda row: {name: value for name, value in row.items() if value != ""}
+)
+PHONE_ID = st.from_regex(r"[0-9a-f]{1,32}", fullmatch=True)
+
+
+def outcome(produce: Callable[[], object]) -> object:
+    try:
+        return produce()
+    except Exception as exc:  # the same error, word for word, is the same outcome
+        return (type(exc), str(exc), getattr(exc, "field", None))
+
+
+@FUZZ
+@given(text=TEMPLATE_TEXT, index=st.integers(0, 10**7), phone_id=PHONE_ID, row=ROW)
+@example(text="{{{index}}}", index=5, phone_id="ab", row={})  # literal braces around a field
+@example(text="}}{shop}{{{n:>5}", index=0, phone_id="ab", row={"shop": "{0}", "n": 7})
+def test_template_render_equals_the_reference(
+    text: str, index: int, phone_id: str, row: dict[str, PropertyValue]
+) -> None:
+    template = compile_template(text)
+    assert outcome(lambda: template.render(index, phone_id, row)) == outcome(
+        lambda: template.render_by_parts(index, phone_id, row)
+    )
+
+
+def target_items(target: PhoneTarget) -> object:
+    return (target.index, target.phone_id, list(target.properties.items()), target.update)
+
+
+@FUZZ
+@given(
+    constants=st.dictionaries(
+        st.sampled_from(["made.up", "persist.sys.locale", "com.cph.mainkeys", "a.b"]),
+        st.one_of(
+            st.integers(0, 1), st.floats(allow_nan=False), st.booleans(), st.text(max_size=8)
+        ),
+        max_size=3,
+    ),
+    templates=st.dictionaries(
+        st.sampled_from(["x.y", "sys.prop.writewifissid", "com.cph.mainkeys", "shop", "t.u"]),
+        TEMPLATE_TEXT,
+        max_size=3,
+    ),
+    overrides=st.lists(st.sampled_from(["x.y", "com.cph.mainkeys", "made.up"]), unique=True),
+    index=st.integers(0, 10**7),
+    phone_id=PHONE_ID,
+    row=ROW,
+)
+@example(  # fewer characters than the limit, more bytes: the fast way must not take it
+    constants={},
+    templates={"t.u": "{shop}"},
+    overrides=[],
+    index=0,
+    phone_id="ab",
+    row={"shop": "\u00e9" * 3900},
+)
+def test_phone_target_equals_the_reference(
+    constants: dict[str, PropertyValue],
+    templates: dict[str, str],
+    overrides: list[str],
+    index: int,
+    phone_id: str,
+    row: dict[str, PropertyValue],
+) -> None:
+    checked = {}
+    for name, value in constants.items():
+        if name not in templates:
+            with contextlib.suppress(PropertyFormatError):
+                checked[name] = check_property(name, value)
+    compiled = [(name, compile_template(text), "p.yaml:1") for name, text in templates.items()]
+    renderer = _Renderer(checked, compiled, overrides)
+    assert outcome(lambda: target_items(renderer.target(index, phone_id, row))) == outcome(
+        lambda: target_items(renderer.target_by_dict(index, phone_id, row))
+    )
+
+
+CSV_PIECES = st.sampled_from(
+    ["phone_id", "shop", ",", "\n", "\r\n", "\r", '"', " ", "abc123", "x.y", "", "0" * 33]
+)
+CSV_LINES = st.lists(
+    st.one_of(
+        PHONE_ID.map(lambda phone_id: phone_id + "\n"),
+        st.lists(st.one_of(CSV_PIECES, st.characters()), max_size=6).map("".join),
+    ),
+    max_size=8,
+)
+
+
+@FUZZ
+@given(
+    header=st.sampled_from(["phone_id\n", "phone_id,shop\n", "shop,phone_id,x.y\r\n", " phone_id"]),
+    lines=CSV_LINES,
+)
+def test_plain_csv_reading_equals_the_reference(header: str, lines: list[str]) -> None:
+    text = header + "".join(lines)
+    reference, fast = FleetTable("f.csv", "csv"), FleetTable("f.csv", "csv")
+    problems = Problems()
+    _read_csv(text, reference, problems)
+    if _read_plain_csv(text, fast):
+        assert not problems
+        assert (fast.columns, fast.phone_ids, fast.lines) == (
+            reference.columns,
+            reference.phone_ids,
+            reference.lines,
+        )
+        assert [dict(row) for row in fast.rows] == [dict(row) for row in reference.rows]
+    else:
+        assert fast == FleetTable("f.csv", "csv")  # untouched
+
+
+def test_plain_csv_reading_takes_the_common_files() -> None:
+    ids = [f"{i:032x}" for i in range(3)]
+    for text in (
+        "phone_id\n" + "\n".join(ids) + "\n",
+        "phone_id\r\n" + "\r\n".join(ids),
+        "phone_id,shop\n" + "".join(f"{i},x\n" for i in ids),
+    ):
+        table = FleetTable("f.csv", "csv")
+        assert _read_plain_csv(text, table)
+        assert (table.phone_ids, table.lines) == (ids, [2, 3, 4])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cph.models import PROPERTY_LIMIT_BYTES, encode_property
+from orchestrator.cph.models import PROPERTY_LIMIT_BYTES, PropertyUpdate, encode_property
 from orchestrator.plan import PlanError, load_plan, load_plan_text
+from orchestrator.plan.fleet import read_fleet_text
 from orchestrator.plan.model import PHONE_ID_RULE
 
 DATA = Path(__file__).parent / "data" / "plans"
@@ -560,3 +561,139 @@ def test_plan_text_without_a_file() -> None:
     loaded = load_plan_text(f'{{"name": "t", "fleet": {{"phones": ["{PHONE_A}"]}}}}', fmt="json")
     assert loaded.source == Path("<request>")
     assert [t.phone_id for t in loaded.targets()] == [PHONE_A]
+
+
+# -- the fast ways give what the reference ways give -------------------------------------------
+
+
+def assert_reference_targets(path: Path, expected: list[list[tuple[str, object]]]) -> None:
+    """Each phone's properties, in order, and its ``property`` text exactly as encode_property has it."""
+    targets = load_plan(path).targets()
+    assert [list(t.properties.items()) for t in targets] == expected
+    for target, items in zip(targets, expected, strict=True):
+        assert target.update.property == encode_property(dict(items))
+        assert target.update == PropertyUpdate.build(target.phone_id, dict(items))
+
+
+def test_property_text_with_format_specs_and_every_value_type(tmp_path: Path) -> None:
+    (tmp_path / "fleet.csv").write_text(f"phone_id\n{FILE_A}\n{FILE_B}\n")
+    path = write(
+        tmp_path,
+        "p.yaml",
+        r"""
+        name: p
+        fleet: {file: fleet.csv}
+        properties:
+          com.cph.bandwidth_limit: 2000
+          sys.prop.writewifissid: "bench_{index:07d}"
+          made.up: 1.5
+          a.flag: true
+          x.y: "{phone_id:.4}|{index:>4}|{index!r}|{{lit}}|\"q\" \\ \t"
+          com.cph.mainkeys: "{index}"
+          u.v: "caf\u00e9 \u2028 \U0001F600 {index:x}"
+        """,
+    )
+    common = [("com.cph.bandwidth_limit", "2000"), ("made.up", 1.5), ("a.flag", True)]
+    assert_reference_targets(
+        path,
+        [
+            [
+                *common,
+                ("sys.prop.writewifissid", "bench_0000000"),
+                ("x.y", '5d41|   0|0|{lit}|"q" \\ \t'),
+                ("com.cph.mainkeys", 0),
+                ("u.v", "caf\u00e9 \u2028 \U0001f600 0"),
+            ],
+            [
+                *common,
+                ("sys.prop.writewifissid", "bench_0000001"),
+                ("x.y", '7d79|   1|1|{lit}|"q" \\ \t'),
+                ("com.cph.mainkeys", 1),
+                ("u.v", "caf\u00e9 \u2028 \U0001f600 1"),
+            ],
+        ],
+    )
+
+
+def test_property_text_with_columns_and_overrides(tmp_path: Path) -> None:
+    path = fleet_plan(
+        tmp_path,
+        f"""
+        phone_id,shop,n,com.cph.mainkeys,x.y,made.up
+        {FILE_A},berlin,7,1,,
+        {FILE_B},m\u00fcnchen,8,,from file,caf\u00e9
+        """,
+        'made.up: common\nx.y: "{index}"\nw.x: "{shop}_{n:0>3}"\ncom.cph.mainkeys: 0\n',
+    )
+    assert_reference_targets(
+        path,
+        [
+            [
+                ("made.up", "common"),
+                ("com.cph.mainkeys", 1),  # an override keeps the common value's place
+                ("x.y", "0"),
+                ("w.x", "berlin_007"),
+            ],
+            [
+                ("made.up", "caf\u00e9"),
+                ("com.cph.mainkeys", 0),
+                ("w.x", "m\u00fcnchen_008"),
+                ("x.y", "from file"),  # an overridden template's value comes last
+            ],
+        ],
+    )
+
+
+def test_property_text_with_json_typed_cells(tmp_path: Path) -> None:
+    (tmp_path / "fleet.json").write_text(
+        json.dumps(
+            [
+                {"phone_id": FILE_A, "n": 7, "f": 0.25, "b": True, "a.flag": False},
+                {"phone_id": FILE_B, "n": 8, "f": 1e300, "b": False, "made.up": 3},
+            ]
+        )
+    )
+    path = write(
+        tmp_path,
+        "p.yaml",
+        'name: p\nfleet: {file: fleet.json}\nproperties:\n  made.up: "s{n:03d}-{f}-{b!s}"\n',
+    )
+    assert_reference_targets(
+        path,
+        [
+            [("made.up", "s007-0.25-True"), ("a.flag", False)],
+            [("made.up", 3)],
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "phone_ids", "lines", "rows"),
+    [
+        ("phone_id\nabc\ndef\n", ["abc", "def"], [2, 3], [{}, {}]),
+        ("phone_id\nabc\ndef", ["abc", "def"], [2, 3], [{}, {}]),
+        ("phone_id\r\nabc\r\ndef\r\n", ["abc", "def"], [2, 3], [{}, {}]),
+        ('phone_id\n"abc"\n def\n', ["abc", "def"], [2, 3], [{}, {}]),
+        ("phone_id\nabc\n\ndef\n", ["abc", "def"], [2, 4], [{}, {}]),
+        (" phone_id \nabc\n", ["abc"], [2], [{}]),
+        ("phone_id\n", [], [], []),
+        ("phone_id,shop\nabc,x\ndef,\n", ["abc", "def"], [2, 3], [{"shop": "x"}, {}]),
+        ("shop,phone_id\nx,abc\n,def\n", ["abc", "def"], [2, 3], [{"shop": "x"}, {}]),
+        ("phone_id,shop\nabc\ndef,y\n", ["abc", "def"], [2, 3], [{}, {"shop": "y"}]),
+        (
+            'phone_id,n\nabc,"two\nlines"\ndef,y\n',
+            ["abc", "def"],
+            [2, 4],
+            [{"n": "two\nlines"}, {"n": "y"}],
+        ),
+    ],
+)
+def test_fleet_files_are_read_alike_whatever_their_layout(
+    csv_text: str, phone_ids: list[str], lines: list[int], rows: list[dict[str, str]]
+) -> None:
+    table = read_fleet_text(csv_text, "fleet.csv", "csv")
+    assert (table.phone_ids, table.lines, [dict(row) for row in table.rows]) == (
+        phone_ids,
+        lines,
+        rows,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -45,7 +45,9 @@ __all__ = [
     "Plan",
     "Policy",
     "RestartAfter",
+    "all_valid_phone_ids",
     "valid_phone_id",
+    "valid_phone_id_lines",
     "wave_sizes",
 ]
 
@@ -78,7 +80,9 @@ DEFAULT_MIN_EXECUTED = 10
 """Finished phones needed before ``abort.max_failure_percent`` is judged (one early failure is 100%)."""
 
 MAX_BATCH_SIZE = 1000
-_PHONE_ID = re.compile(r"[0-9A-Za-z]{1,32}")
+_PHONE_ID_CHARS = "[0-9A-Za-z]{1,32}"
+_PHONE_ID = re.compile(_PHONE_ID_CHARS)
+_PHONE_ID_LINES = re.compile(rf"(?:{_PHONE_ID_CHARS}\n)*+(?:{_PHONE_ID_CHARS})?")
 PHONE_ID_RULE = "1–32 letters or digits"  # noqa: RUF001 -- the en dash is meant: it is prose
 """What a valid phone ID is, for messages."""
 _PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
@@ -89,6 +93,19 @@ _PROPERTY_NAME = re.compile(r"[^\s{}]+")
 def valid_phone_id(phone_id: str) -> bool:
     """At most 32 letters or digits (``PropertyToUpdate.phone_id`` is at most 32 bytes)."""
     return _PHONE_ID.fullmatch(phone_id) is not None
+
+
+def all_valid_phone_ids(phone_ids: Iterable[str]) -> bool:
+    """:func:`valid_phone_id` for each, at C speed (a fleet file holds 100,000 of them)."""
+    return all(map(_PHONE_ID.fullmatch, phone_ids))
+
+
+def valid_phone_id_lines(text: str) -> bool:
+    """True if each line of ``text`` is a valid phone ID; it may end with a newline, or be empty.
+
+    One regex pass over a whole fleet file of bare IDs, several times faster than a match per ID.
+    """
+    return _PHONE_ID_LINES.fullmatch(text) is not None
 
 
 def _phone_id(value: Any) -> str:
