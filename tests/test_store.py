@@ -121,6 +121,21 @@ async def test_duplicate_id_is_refused_and_nothing_is_half_written(store: Sqlite
     assert sum((await store.get_rollout("r1")).counts.values()) == 3
 
 
+async def test_records_created_in_any_state_keep_it_and_count_in_it(store: SqliteStore) -> None:
+    phones, records = fleet(3)
+    records[1].state, records[1].attempts, records[1].error_code = PhoneState.FAILED, 2, "CPS.0004"
+    await store.create_rollout(meta("r1"), phones, records)
+
+    _, loaded = await store.load_phones("r1")
+    assert [(r.state, r.attempts, r.error_code) for r in loaded] == [
+        (PhoneState.PENDING, 0, None),
+        (PhoneState.FAILED, 2, "CPS.0004"),
+        (PhoneState.PENDING, 0, None),
+    ]
+    counts = (await store.get_rollout("r1")).counts
+    assert (counts["pending"], counts["failed"]) == (2, 1)
+
+
 async def test_mismatched_payloads_and_records_write_nothing(store: SqliteStore) -> None:
     phones, records = fleet(3)
     with pytest.raises(ValueError, match="payload"):

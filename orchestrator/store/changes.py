@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,6 @@ class LiveCounts:
         self.counts = empty_counts()
         for state in states.values():
             self.counts[state] = self.counts.get(state, 0) + 1
-
-    @classmethod
-    def of_new_rollout(cls, phone_ids: Iterable[str]) -> LiveCounts:
-        """Every phone pending, generation 0 (as ``create_rollout`` writes it)."""
-        return cls(dict.fromkeys(phone_ids, PhoneState.PENDING.value), 0)
 
     @classmethod
     def read(cls, conn: sqlite3.Connection, path: Path, rollout_id: str) -> LiveCounts:
