@@ -185,6 +185,24 @@ async def test_poll_timing_learns_job_durations_not_its_own_poll_delays(
     )
 
 
+async def test_a_full_page_of_a_requests_jobs_needs_no_second_page(
+    simulator: SimulatorFactory,
+) -> None:
+    """ListJobs gives no ``count`` by default; a page of exactly 100 jobs may or may not have a
+    next one. The engine knows how many jobs each request was given, so one call per poll does:
+    jobs that end at once are all found by the first poll of each 100-phone request."""
+    profile = fast_profile("none", job_duration="fixed:0")
+    sim = await start_simulator(simulator, phones=500, profile=profile)
+    targets = make_targets(sim.state.phone_ids())
+    options = fast_options(batch_size=100, first_poll_s=0.2, query_rate_per_s=1000.0)
+
+    run = await run_rollout(sim, targets, options)
+
+    assert_end_state(run, sim, targets)
+    assert not sim.state.config.list_jobs_count
+    assert sim.state.stats()["requests"]["ListJobs"] == 5
+
+
 # -- 4: CPS.0005 ----------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from orchestrator.engine.polling import (
     POLL_MARGIN_S,
     DurationEstimator,
     PollTiming,
+    whole_batch_quantile,
 )
 from orchestrator.engine.rate import DEFAULT_REGROWTH_FRACTION_PER_S, AdaptiveRate, Budget
 
@@ -417,6 +418,27 @@ def test_first_poll_comes_just_after_a_high_quantile() -> None:
     learnt = timing.estimator.quantile(FIRST_POLL_QUANTILE)
     assert learnt is not None
     assert delay == pytest.approx(learnt + POLL_MARGIN_S)
+
+
+def test_a_big_batch_is_first_polled_when_its_last_job_has_likely_ended() -> None:
+    rng = random.Random(12)
+    timing = PollTiming()
+    for _ in range(500):
+        timing.estimator.add(rng.uniform(1.0, 3.0))
+    single, hundred = timing.first_delay_s(1), timing.first_delay_s(100)
+    q98 = timing.estimator.quantile(FIRST_POLL_QUANTILE)
+    q999 = timing.estimator.quantile(whole_batch_quantile(100))
+    assert q98 is not None
+    assert q999 is not None
+    assert single == pytest.approx(q98 + POLL_MARGIN_S)
+    assert hundred == pytest.approx(q999 + POLL_MARGIN_S)
+    assert hundred > single
+    # batches of 100 jobs drawn from the same durations: most have ended by the first poll
+    # (0.9 asked, less for a 500-duration sample's estimate of its 0.999 quantile); at the
+    # single-job quantile almost none had
+    lasts = [max(rng.uniform(1.0, 3.0) for _ in range(100)) for _ in range(1000)]
+    assert sum(last <= hundred - POLL_MARGIN_S for last in lasts) >= 700
+    assert sum(last <= single - POLL_MARGIN_S for last in lasts) <= 250
 
 
 def test_first_poll_is_never_sooner_than_the_minimum_interval() -> None:

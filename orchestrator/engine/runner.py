@@ -147,6 +147,9 @@ class _Track:
     jobs: dict[str, PhoneRecord] = field(default_factory=dict)
     misses: dict[str, int] = field(default_factory=dict)
     last_polled_at: float = 0.0
+    job_total: int | None = None
+    """Jobs ListJobs holds for this request: those the batch answer gave an ID (finished ones
+    included). None for a request restored from the journal, where it is not known."""
 
 
 @dataclass(slots=True)
@@ -418,7 +421,8 @@ class RolloutEngine:
     ) -> None:
         self.progress.batches += 1
         by_phone = {job.phone_id: job for job in answer.jobs}
-        track = _Track(answer.request_id, batch[0].submitted_at)
+        job_total = sum(1 for job in answer.jobs if job.job_id)
+        track = _Track(answer.request_id, batch[0].submitted_at, job_total=job_total)
         rejected = 0
         for record in batch:
             record.attempts += 1
@@ -667,7 +671,7 @@ class RolloutEngine:
 
     def _watch(self, track: _Track) -> None:
         self._tracks[track.request_id] = track
-        self._schedule_poll(track.request_id, self._timing.first_delay_s())
+        self._schedule_poll(track.request_id, self._timing.first_delay_s(len(track.jobs)))
 
     def _schedule_poll(self, request_id: str, delay_s: float) -> None:
         due = self._clock.monotonic() + delay_s
@@ -705,7 +709,8 @@ class RolloutEngine:
         group: list[str] = []
         jobs = 0
         for request_id in request_ids:
-            size = len(self._tracks[request_id].jobs)
+            track = self._tracks[request_id]
+            size = len(track.jobs) if track.job_total is None else track.job_total
             if group and (len(group) == LIST_JOBS_MAX_IDS or jobs + size > LIST_JOBS_PAGE):
                 groups.append(group)
                 group, jobs = [], 0
@@ -733,15 +738,22 @@ class RolloutEngine:
         await self._apply_jobs(request_ids, jobs)
 
     async def _list_jobs(self, request_ids: list[str], sent_at: float) -> list[Job]:
+        """Every job of these requests: pages until one is short, the answer's ``count`` is
+        reached, or (ListJobs may give no count) as many jobs as the requests were given."""
         page = await self._client.list_jobs_page(request_ids, offset=0, limit=LIST_JOBS_PAGE)
         jobs = list(page.jobs)
-        while len(page.jobs) == LIST_JOBS_PAGE and (page.count is None or len(jobs) < page.count):
+        total = page.count if page.count is not None else self._known_job_total(request_ids)
+        while len(page.jobs) == LIST_JOBS_PAGE and (total is None or len(jobs) < total):
             await self._query.pace()
             page = await self._client.list_jobs_page(
                 request_ids, offset=len(jobs), limit=LIST_JOBS_PAGE
             )
             jobs.extend(page.jobs)
         return jobs
+
+    def _known_job_total(self, request_ids: list[str]) -> int | None:
+        totals = [self._tracks[r].job_total if r in self._tracks else None for r in request_ids]
+        return None if None in totals else sum(t for t in totals if t is not None)
 
     def _on_query_throttled(
         self, error: ThrottledError, sent_at: float, request_ids: list[str]
@@ -770,8 +782,9 @@ class RolloutEngine:
                 changed.append(record)
         changed.extend(await self._check_unseen(request_ids, seen, now))
         for request_id in request_ids:
+            track = self._tracks.get(request_id)
             self._after_poll(request_id, now)
-            if (track := self._tracks.get(request_id)) is not None:
+            if track is not None:
                 track.last_polled_at = now
         if changed:
             await self._persist(changed)
@@ -886,7 +899,8 @@ class RolloutEngine:
                 self.table.move(record, PhoneState.PENDING)
             if record.state is PhoneState.RUNNING and record.request_id and record.job_id:
                 track = self._tracks.setdefault(
-                    record.request_id, _Track(record.request_id, self._clock.monotonic())
+                    record.request_id,
+                    _Track(record.request_id, self._clock.monotonic()),
                 )
                 track.jobs[record.job_id] = record
                 record.job_deadline = self._clock.monotonic() + self.options.job_timeout_s
