@@ -122,8 +122,9 @@ def stop_on_signals(engine: RolloutEngine) -> Iterator[None]:
 async def drive_engine(engine: RolloutEngine, *, show_progress: bool) -> RolloutResult:
     """Run the engine with signal handling and, on a terminal, the progress bar."""
     # Everything built so far (plan, targets, records) lives until the end: keep the garbage
-    # collector from scanning it again and again (it made large rollouts twice as slow).
-    gc.collect()
+    # collector from scanning it again and again (it made large rollouts twice as slow). No
+    # collection first: set-up leaves almost no cyclic garbage (1,845 objects at 100,000 phones)
+    # and a full collection of a million live objects takes 0.13 s.
     gc.freeze()
     gc.enable()
     with stop_on_signals(engine):
