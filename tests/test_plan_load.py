@@ -344,6 +344,29 @@ def test_json_fleet_keeps_json_types(tmp_path: Path) -> None:
     assert second.properties == {"made.up": "s008"}
 
 
+@pytest.mark.parametrize(
+    ("cell", "template", "expected"),
+    [
+        ("1" + "0" * 400, "{n:f}", "placeholder {n} cannot be formatted with 'f'"),
+        ('"\\ud800"', "x{n}", "not valid Unicode text (surrogates not allowed)"),
+    ],
+    ids=["int too large for a float", "lone surrogate"],
+)
+def test_json_fleet_values_that_cannot_become_text_are_plan_errors(
+    tmp_path: Path, cell: str, template: str, expected: str
+) -> None:
+    (tmp_path / "fleet.json").write_text(f'[{{"phone_id": "{FILE_A}", "n": {cell}}}]')
+    path = write(
+        tmp_path,
+        "p.yaml",
+        f'name: p\nfleet: {{file: fleet.json}}\nproperties:\n  made.up: "{template}"\n',
+    )
+    with pytest.raises(PlanError) as caught:
+        load_plan(path).targets()
+    assert expected in str(caught.value)
+    assert FILE_A in str(caught.value)
+
+
 def test_missing_placeholder_names_phone_property_and_row(tmp_path: Path) -> None:
     path = fleet_plan(
         tmp_path,

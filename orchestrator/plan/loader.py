@@ -188,6 +188,9 @@ class _Renderer:
             update = PropertyUpdate.build(phone_id, props)
         except PropertyTooLargeError as exc:
             raise _PhoneError("properties", str(exc)) from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. "\ud800" in a JSON fleet
+            message = f"phone {phone_id}: the properties are not valid Unicode text ({exc.reason})"
+            raise _PhoneError("properties", message) from exc
         return PhoneTarget(index, phone_id, props, update)
 
     def properties(

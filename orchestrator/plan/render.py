@@ -98,7 +98,7 @@ def _format(value: object, conversion: str | None, spec: str, name: str) -> str:
         value = _CONVERSIONS[conversion](value)
     try:
         return format(value, spec)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # Overflow: a huge int as a float
         raise TemplateError(
             f"placeholder {{{name}}} cannot be formatted with {spec!r}: {exc}"
         ) from exc
