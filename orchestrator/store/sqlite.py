@@ -47,6 +47,7 @@ from orchestrator.store.base import (
     StoreUnavailableError,
 )
 from orchestrator.store.changes import (
+    CHANGE_FIELDS,
     LiveCounts,
     append_changes,
     current_live,
@@ -100,20 +101,8 @@ _INSERT_PHONE_SQL = (
 _INSERT_ROLLOUT_SQL = (
     f"INSERT INTO rollouts ({_ROLLOUT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_snapshot = attrgetter(
-    "wave",
-    "state",
-    "stage",
-    "attempts",
-    "job_id",
-    "request_id",
-    "batch_id",
-    "error_code",
-    "error_msg",
-    "phone_id",
-)
-"""A phone's change as ``save`` logs it (``changes.CHANGE_FIELDS``; a C-level getter: the loop's
-cost per phone)."""
+_snapshot = attrgetter(*CHANGE_FIELDS)
+"""A phone's change as ``save`` logs it (a C-level getter: the loop's cost per phone)."""
 _AS_NEW = (0, PhoneState.PENDING, Stage.UPDATE, 0, None, None, None, None, None)
 """A new record's fields in ``_snapshot`` order, without the phone's ID."""
 _STATES = {state.value: state for state in PhoneState}
