@@ -466,6 +466,23 @@ def report(
     )
 
 
+@cli.command()
+@click.argument("rollout_id", required=False)
+@click.option("--config", type=click.Path(path_type=Path), help="Settings file (TOML).")
+@STATE_OPTION
+@exit_on_errors
+def compact(rollout_id: str | None, config: Path | None, state: Path | None) -> None:
+    """Fold saved changes into the phones' rows: of one rollout, or of every ended one.
+
+    Reads are exact without it; it makes reports of large rollouts faster and lets the journal
+    reuse the space. The daemon does it itself when a rollout ends.
+    """
+    path = _state_path(config, state)
+    settings = _load(config)
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    sys.exit(asyncio.run(journal_commands.compact(state_path=path, rollout_id=rollout_id)))
+
+
 def _print_daemon_answer(ask: Callable[[], Any]) -> None:
     """Print the daemon's JSON answer; an error answer goes to stderr with exit 3 (4 if 5xx)."""
     try:

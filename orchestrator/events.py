@@ -124,6 +124,11 @@ CATALOGUE: dict[str, Event] = {
     "journal.failed": Event(
         "error", ("error", "phones"), "the journal cannot be written: submitting stops at once"
     ),
+    "journal.compacted": Event(
+        "info",
+        ("rollout_id", "folded", "elapsed_s"),
+        "an ended rollout's change log was folded into its phones' rows (reads are faster)",
+    ),
     "daemon.started": Event(
         "info",
         ("listen", "state_path", "resumed"),

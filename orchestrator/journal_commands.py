@@ -18,7 +18,9 @@ from orchestrator.errors import ConfigError
 from orchestrator.journaled import (
     JournalTarget,
     Prepare,
+    compact_journal,
     create_rollout,
+    ended,
     load_for_resume,
     open_store,
     run_journaled,
@@ -219,6 +221,27 @@ async def show_status(*, state_path: Path, rollout_id: str | None, as_json: bool
         return 0
     for row in rows:
         print(_status_line(row, detailed=rollout_id is not None))
+    return 0
+
+
+async def compact(*, state_path: Path, rollout_id: str | None) -> int:
+    """Fold the change log of one rollout, or of every rollout that has ended, into its rows.
+
+    Safe while other processes run rollouts in the same journal: it works in short
+    transactions, and reads are exact before, during and after.
+    """
+    store = await open_store(state_path)
+    try:
+        wanted = (
+            [rollout_id]
+            if rollout_id
+            else [meta.rollout_id for meta in await store.list_rollouts() if ended(meta)]
+        )
+        for wanted_id in wanted:
+            folded = await compact_journal(store, wanted_id)
+            print(f"{wanted_id}: folded {folded} change log entries into its phones")
+    finally:
+        await store.close()
     return 0
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,6 +143,15 @@ async def load_for_resume(
     stored, records = await store.load_phones(rollout_id)
     targets = [JournalTarget(p.phone_id, _update(p)) for p in stored]
     return targets, records
+
+
+async def compact_journal(store: RolloutStore, rollout_id: str) -> int:
+    """Fold an ended rollout's change log into its phones' rows, and log ``journal.compacted``."""
+    started = time.perf_counter()
+    folded = await store.compact(rollout_id)
+    elapsed_s = round(time.perf_counter() - started, 3)
+    log.info("journal.compacted", rollout_id=rollout_id, folded=folded, elapsed_s=elapsed_s)
+    return folded
 
 
 def ended(meta: RolloutMeta) -> bool:

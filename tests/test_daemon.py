@@ -7,9 +7,11 @@ HTTP with the bearer token; jobs are short and waits poll the API with a deadlin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -257,7 +259,7 @@ async def test_phones_are_paged_and_filtered_from_the_journal(
 
 
 async def test_two_rollouts_at_once_both_progress_to_success(
-    start_daemon: StartDaemon, sim: SimulatorServer, http: aiohttp.ClientSession
+    start_daemon: StartDaemon, sim: SimulatorServer, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     daemon = await start_daemon(submit_rate_per_s=10.0)
     first_ids, second_ids = sim.state.phone_ids()[:60], sim.state.phone_ids()[60:120]
@@ -280,6 +282,18 @@ async def test_two_rollouts_at_once_both_progress_to_success(
         assert status["status"] == "succeeded", status
     _assert_applied(sim, first_ids)
     _assert_applied(sim, second_ids)
+    # once ended, each rollout's change log is folded into its rows (reads stay the same)
+    deadline = time.monotonic() + DEADLINE_S
+    while _logged_changes(tmp_path / "journal.sqlite"):
+        assert time.monotonic() < deadline, "the ended rollouts' change logs were not folded"
+        await asyncio.sleep(0.02)
+    phones = await _get(http, f"{daemon.url}/v1/rollouts/{first}/phones?limit=1000")
+    assert [p["state"] for p in phones["phones"]] == ["succeeded"] * len(first_ids)
+
+
+def _logged_changes(state_path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(state_path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM phone_changes").fetchone()[0])
 
 
 async def test_pause_stops_submits_and_resume_finishes(

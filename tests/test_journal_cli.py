@@ -7,11 +7,13 @@ and take disjoint phones from it. Nothing waits a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -169,6 +171,22 @@ def test_report_from_the_journal_equals_the_report_of_the_run(finished: Finished
     failed = {p["phone_id"]: p for p in from_journal["phones"] if p["state"] == "failed"}
     assert set(failed) == set(finished.ghosts)
     assert {p["error_code"] for p in failed.values()} == {"CPS.0005"}
+
+
+def test_compact_folds_the_change_log_and_changes_no_read(finished: Finished) -> None:
+    before = finished.space.run("report", "done", "--format", "json")
+    done = finished.space.run("compact")
+
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^done: folded [1-9]\d* change log entries", done.stdout, re.M), done.stdout
+    with contextlib.closing(sqlite3.connect(finished.space.state)) as conn:
+        logged = conn.execute("SELECT count(*) FROM phone_changes WHERE rollout_id = 'done'")
+        assert logged.fetchone()[0] == 0
+    after = finished.space.run("report", "done", "--format", "json")
+    assert json.loads(after.stdout) == json.loads(before.stdout)
+    assert finished.space.run("compact", "done").stdout.strip() == (
+        "done: folded 0 change log entries into its phones"
+    )
 
 
 def test_report_as_csv_to_a_file(finished: Finished) -> None:

@@ -32,6 +32,7 @@ from orchestrator.store import (
     StoreError,
     StoreUnavailableError,
 )
+from orchestrator.store.changes import fold_oldest
 from orchestrator.store.lease import Lease, holder_pid_on_host, may_take
 from orchestrator.store.schema import APPLICATION_ID, MIGRATIONS, Migration
 
@@ -240,7 +241,7 @@ def change_rows(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM phone_changes").fetchone()[0])
 
 
-@pytest.mark.parametrize("reader", ["same store", "another store"])
+@pytest.mark.parametrize("reader", ["same store", "another store", "compacted", "half folded"])
 async def test_every_read_sees_each_phones_latest_save(
     store: SqliteStore, journal_path: Path, reader: str
 ) -> None:
@@ -257,6 +258,16 @@ async def test_every_read_sees_each_phones_latest_save(
     records[1].state, records[1].error_code = PhoneState.FAILED, "CPS.0004"
     await store.save("r1", records[:2])
     assert change_rows(journal_path) == 3
+    if reader == "compacted":
+        assert await store.compact("r1", rows_per_step=2) == 3
+        assert change_rows(journal_path) == 0
+    if reader == "half folded":  # the first step of a compaction: later changes overlay it
+        with contextlib.closing(sqlite3.connect(journal_path, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            positions = {f"phone-{index:06d}": index for index in range(6)}
+            assert fold_oldest(conn, journal_path, "r1", positions, 2) == 2
+            conn.execute("COMMIT")
+        assert change_rows(journal_path) == 1
 
     async with contextlib.AsyncExitStack() as stack:
         read = store
@@ -310,6 +321,30 @@ async def test_counts_stay_exact_when_two_stores_take_turns_saving(
         "submitting": 1,
         "pending": 2,
     }
+
+
+async def test_saves_after_a_compaction_overlay_the_folded_rows(
+    store: SqliteStore, journal_path: Path
+) -> None:
+    await create(store, "r1", 3)
+    _, records = await store.load_phones("r1")
+    records[0].state, records[0].attempts = PhoneState.FAILED, 2
+    await store.save("r1", records[:1])
+    assert await store.compact("r1") == 1
+    assert await store.compact("r1") == 0
+    records[1].state = PhoneState.SUBMITTING
+    await store.save("r1", records[:2])
+
+    _, loaded = await store.load_phones("r1")
+    assert [(r.state, r.attempts) for r in loaded] == [
+        (PhoneState.FAILED, 2),
+        (PhoneState.SUBMITTING, 0),
+        (PhoneState.PENDING, 0),
+    ]
+    counts = (await store.get_rollout("r1")).counts
+    assert (counts["failed"], counts["submitting"], counts["pending"]) == (1, 1, 1)
+    with pytest.raises(RolloutNotFoundError):
+        await store.compact("nope")
 
 
 async def test_a_damaged_change_log_is_reported_not_misread(

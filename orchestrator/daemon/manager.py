@@ -23,11 +23,18 @@ from orchestrator.cph.client import CphClient
 from orchestrator.cph.connect import open_client
 from orchestrator.daemon.metrics import DaemonMetrics, MetricsView, TimedJournal
 from orchestrator.engine.options import EngineOptions, options_from_data
-from orchestrator.engine.runner import Budgets, RolloutEngine, RolloutResult, Target
+from orchestrator.engine.runner import (
+    Budgets,
+    RolloutEngine,
+    RolloutResult,
+    RolloutStatus,
+    Target,
+)
 from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.errors import OrchestratorError
 from orchestrator.journal_commands import status_row
 from orchestrator.journaled import (
+    compact_journal,
     create_rollout,
     ended,
     load_for_resume,
@@ -214,7 +221,7 @@ class RolloutManager:
             return await engine.run()
 
         try:
-            await run_journaled(
+            result = await run_journaled(
                 self._store,
                 rollout_id=run.rollout_id,
                 name=name,
@@ -226,6 +233,8 @@ class RolloutManager:
                 budgets=self.budgets,
                 wrap_journal=lambda journal: TimedJournal(journal, self.metrics, self._clock),
             )
+            if result.status is not RolloutStatus.INTERRUPTED:  # ended: it is read, not run
+                await self._compact(run.rollout_id)
         except LeaseHeldError as error:
             log.warning("daemon.rollout_skipped", rollout_id=run.rollout_id, reason=str(error))
         except Exception as error:  # one rollout's failure must not stop the daemon
@@ -235,6 +244,13 @@ class RolloutManager:
             self._ended_calls.update(run.client.calls)
             self._runs.pop(run.rollout_id, None)
             await run.client.close()
+
+    async def _compact(self, rollout_id: str) -> None:
+        """Fold the ended rollout's change log; a failure leaves reads exact, so only log it."""
+        try:
+            await compact_journal(self._store, rollout_id)
+        except OrchestratorError as error:
+            log.error("journal.failed", rollout_id=rollout_id, error=str(error), phones=0)
 
     async def _exists(self, rollout_id: str) -> bool:
         try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "append_changes",
     "current_live",
     "empty_counts",
+    "fold_oldest",
     "generation_of",
     "latest_changes",
     "logged_counts",
@@ -77,12 +78,17 @@ def append_changes(conn: sqlite3.Connection, rollout_id: str, changes: Sequence[
 
 def latest_changes(conn: sqlite3.Connection, path: Path, rollout_id: str) -> dict[str, Change]:
     """Each changed phone's latest change, by phone ID."""
-    latest: dict[str, Change] = {}
     rows = conn.execute(
         "SELECT seq, changes_json FROM phone_changes WHERE rollout_id = ? ORDER BY seq",
         (rollout_id,),
     )
-    for seq, text in rows:
+    return _latest_of(rows, path, rollout_id)
+
+
+def _latest_of(logged: Iterable[tuple[int, str]], path: Path, rollout_id: str) -> dict[str, Change]:
+    """Log rows (in ``seq`` order) decoded, keeping each phone's last change."""
+    latest: dict[str, Change] = {}
+    for seq, text in logged:
         try:
             latest.update((change[_MUTABLE], change) for change in orjson.loads(text))
         except (ValueError, TypeError, IndexError, KeyError) as error:
@@ -215,3 +221,49 @@ def current_live(
 def _rollout_exists(conn: sqlite3.Connection, rollout_id: str) -> bool:
     row = conn.execute("SELECT 1 FROM rollouts WHERE rollout_id = ?", (rollout_id,)).fetchone()
     return row is not None
+
+
+_FOLD_SQL = (
+    "UPDATE phones SET wave = ?, state = ?, stage = ?, attempts = ?, job_id = ?, request_id = ?,"
+    " batch_id = ?, error_code = ?, error_msg = ? WHERE rollout_id = ? AND idx = ?"
+)
+
+
+def fold_oldest(
+    conn: sqlite3.Connection,
+    path: Path,
+    rollout_id: str,
+    positions: dict[str, int],
+    max_rows: int,
+) -> int:
+    """Fold the rollout's oldest ``max_rows`` log rows into its phones' rows and delete them;
+    returns how many were folded (0: the log is empty).
+
+    Reads are exact before and after: the rows then hold the state as of the last folded save,
+    and the rest of the log still overlays them. ``positions`` maps phone IDs to fleet positions
+    (the rows' key; phones never change after creation). The caller holds the write transaction.
+    """
+    logged = conn.execute(
+        "SELECT seq, changes_json FROM phone_changes WHERE rollout_id = ? ORDER BY seq LIMIT ?",
+        (rollout_id, max_rows),
+    ).fetchall()
+    if not logged:
+        return 0
+    latest = _latest_of(logged, path, rollout_id)
+    try:
+        folded = sorted((positions[phone_id], change) for phone_id, change in latest.items())
+    except KeyError as error:
+        raise StoreCorruptError(
+            f"{path}: the change log of rollout {rollout_id} names a phone it does not have:"
+            f" {error}"
+        ) from error
+    conn.executemany(
+        _FOLD_SQL, [(*change[:_MUTABLE], rollout_id, position) for position, change in folded]
+    )
+    conn.execute(
+        "DELETE FROM phone_changes WHERE rollout_id = ? AND seq <= ?", (rollout_id, logged[-1][0])
+    )
+    conn.execute(
+        "UPDATE rollout_counts SET generation = generation + 1 WHERE rollout_id = ?", (rollout_id,)
+    )
+    return len(logged)
