@@ -6,8 +6,9 @@ row rewrite per phone (half of a 100,000-phone rollout's CPU went there); append
 snapshots as one JSON row costs about a microsecond a phone. A save is still one transaction, so
 it is still all or nothing.
 
-Readers of phones overlay the log on the rows created with the rollout: the latest change of each
-phone wins (``seq`` is the order of the saves). Readers of counts (``status``, the daemon's list)
+Readers of phones overlay the log on the phones' rows: the latest change of each phone wins
+(``seq`` is the order of the saves). :func:`fold_oldest` folds the oldest log rows into the phones'
+rows and deletes them (compaction, once a rollout has ended); reads are the same before and after. Readers of counts (``status``, the daemon's list)
 must not replay the log, so each save also writes the rollout's per-state counts; the store's
 thread knows every phone's state (:class:`LiveCounts`) and moves the counts as phones move. The
 counts row carries a generation that each save increments: a store whose knowledge is older than
