@@ -8,11 +8,13 @@ it is still all or nothing.
 
 Readers of phones overlay the log on the phones' rows: the latest change of each phone wins
 (``seq`` is the order of the saves). :func:`fold_oldest` folds the oldest log rows into the phones'
-rows and deletes them (compaction, once a rollout has ended); reads are the same before and after. Readers of counts (``status``, the daemon's list)
-must not replay the log, so each save also writes the rollout's per-state counts; the store's
-thread knows every phone's state (:class:`LiveCounts`) and moves the counts as phones move. The
-counts row carries a generation that each save increments: a store whose knowledge is older than
-the file's (another process saved meanwhile) rebuilds it from the file before it writes.
+rows and deletes them (compaction, once a rollout has ended); reads are the same before and after.
+
+Readers of counts (``status``, the daemon's list) must not replay the log, so each save also
+writes the rollout's per-state counts; the store's thread knows every phone's state
+(:class:`LiveCounts`) and moves the counts as phones move. The counts row carries a generation
+that each save increments: a store whose knowledge is older than the file's (another process saved
+meanwhile) rebuilds it from the file before it writes.
 
 A change is the phone's snapshot in :data:`CHANGE_FIELDS` order: the mutable fields, then the
 phone's ID.
