@@ -399,9 +399,9 @@ def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **
     sys.exit(code)
 
 
-def _state_path(config: Path | None, state: Path | None) -> Path:
+def _state_path(config: Path | None, state: Path | None, settings: Settings | None = None) -> Path:
     """The journal to read; it must exist (reading never creates one)."""
-    path = state or Path(_load(config).rollout.state_path)
+    path = state or Path((settings or _load(config)).rollout.state_path)
     if not path.is_file():
         raise ConfigError(f"no journal at {path} (use --state to name it)")
     return path
@@ -477,8 +477,8 @@ def compact(rollout_id: str | None, config: Path | None, state: Path | None) -> 
     Reads are exact without it; it makes reports of large rollouts faster and lets the journal
     reuse the space. The daemon does it itself when a rollout ends.
     """
-    path = _state_path(config, state)
     settings = _load(config)
+    path = _state_path(config, state, settings)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
     sys.exit(asyncio.run(journal_commands.compact(state_path=path, rollout_id=rollout_id)))
 

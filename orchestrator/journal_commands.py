@@ -24,6 +24,7 @@ from orchestrator.journaled import (
     load_for_resume,
     open_store,
     run_journaled,
+    stored_update,
 )
 from orchestrator.report import build_report, write_report
 from orchestrator.run import drive_engine, finish
@@ -123,35 +124,35 @@ async def rerun_failed(
     store = await open_store(state_path)
     try:
         meta = await store.get_rollout(rollout_id)
-        failed = await store.phones(rollout_id, state=PhoneState.FAILED, error_code=error_code)
-        if not failed:
+        stored, records = await store.load_phones(rollout_id)
+        targets = [
+            JournalTarget(phone.phone_id, stored_update(phone))
+            for phone, record in zip(stored, records, strict=True)
+            if record.state is PhoneState.FAILED
+            and (error_code is None or record.error_code == error_code)
+        ]
+        if not targets:
             which = f" with {error_code}" if error_code else ""
             raise ConfigError(f"rollout {rollout_id} has no failed phones{which}: nothing to rerun")
-        stored, _ = await store.load_phones(rollout_id)
-        wanted = {record.phone_id for record in failed}
-        targets = [
-            JournalTarget(p.phone_id, _payload(p.phone_id, p.property, p.custom_property))
-            for p in stored
-            if p.phone_id in wanted
-        ]
         options = _with_overrides(_options(meta), overrides)
-        records = await create_rollout(
+        name = f"{meta.name} (rerun of {rollout_id})"
+        new_records = await create_rollout(
             store,
             rollout_id=new_id,
-            name=f"{meta.name} (rerun of {rollout_id})",
+            name=name,
             targets=[(i, t.phone_id, t.update) for i, t in enumerate(targets)],
             options=options,
             plan_source=f"rerun-failed {rollout_id}",
         )
 
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
-            return targets, records
+            return targets, new_records
 
         result = await _run_with_client(
             store,
             settings,
             rollout_id=new_id,
-            name=f"{meta.name} (rerun of {rollout_id})",
+            name=name,
             prepare=prepare,
             options=options,
             show_progress=show_progress,
@@ -159,14 +160,6 @@ async def rerun_failed(
     finally:
         await store.close()
     return finish(result, report_path, settings)
-
-
-def _payload(phone_id: str, prop: str, custom: Mapping[str, str] | None) -> Any:
-    from orchestrator.cph.models import PropertyUpdate
-
-    return PropertyUpdate(
-        phone_id=phone_id, property=prop, custom_property=dict(custom) if custom else None
-    )
 
 
 def _options(meta: RolloutMeta) -> EngineOptions:

@@ -141,7 +141,7 @@ async def load_for_resume(
             " its failed phones again"
         )
     stored, records = await store.load_phones(rollout_id)
-    targets = [JournalTarget(p.phone_id, _update(p)) for p in stored]
+    targets = [JournalTarget(p.phone_id, stored_update(p)) for p in stored]
     return targets, records
 
 
@@ -164,7 +164,8 @@ def ended(meta: RolloutMeta) -> bool:
     return meta.status in FINISHED_STATUSES and live == 0
 
 
-def _update(phone: StoredPhone) -> PropertyUpdate:
+def stored_update(phone: StoredPhone) -> PropertyUpdate:
+    """The wire item the journal holds for a phone."""
     custom = dict(phone.custom_property) if phone.custom_property else None
     return PropertyUpdate(phone_id=phone.phone_id, property=phone.property, custom_property=custom)
 

@@ -116,15 +116,15 @@ def overlay(rows: list[Any], latest: dict[str, Change]) -> list[Any]:
 
 def logged_counts(
     conn: sqlite3.Connection, path: Path, rollout_id: str | None = None
-) -> dict[str, tuple[int, dict[str, int]]]:
-    """Generation and counts of the rollout (or every rollout) that has a counts row."""
-    logged: dict[str, tuple[int, dict[str, int]]] = {}
+) -> dict[str, dict[str, int]]:
+    """Per-state counts of the rollout (or of every rollout), as the last save wrote them."""
+    logged: dict[str, dict[str, int]] = {}
     where, params = ("WHERE rollout_id = ?", (rollout_id,)) if rollout_id is not None else ("", ())
-    for counted_id, generation, text in conn.execute(
-        f"SELECT rollout_id, generation, counts_json FROM rollout_counts {where}", params
+    for counted_id, text in conn.execute(
+        f"SELECT rollout_id, counts_json FROM rollout_counts {where}", params
     ):
         try:
-            logged[counted_id] = (generation, empty_counts() | json.loads(text))
+            logged[counted_id] = empty_counts() | json.loads(text)
         except (ValueError, TypeError) as error:
             raise StoreCorruptError(
                 f"{path}: the counts of rollout {counted_id} are damaged: {error}"

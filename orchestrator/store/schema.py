@@ -11,6 +11,7 @@ To change the schema, append a step to :data:`MIGRATIONS`; never edit a released
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,20 @@ def _create_v2(conn: sqlite3.Connection) -> None:
             counts_json TEXT NOT NULL
         )
         """
+    )
+    _count_existing_phones(conn)
+
+
+def _count_existing_phones(conn: sqlite3.Connection) -> None:
+    """Counts rows for the rollouts a first-version journal holds, so readers need no other source."""
+    counts: dict[str, dict[str, int]] = {}
+    for rollout_id, state, count in conn.execute(
+        "SELECT rollout_id, state, count(*) FROM phones GROUP BY rollout_id, state"
+    ):
+        counts.setdefault(rollout_id, {})[state] = count
+    conn.executemany(
+        "INSERT INTO rollout_counts (rollout_id, generation, counts_json) VALUES (?, 0, ?)",
+        [(rollout_id, json.dumps(by_state)) for rollout_id, by_state in counts.items()],
     )
 
 

@@ -525,28 +525,8 @@ def _get_rollout_in(path: Path, rollout_id: str, conn: sqlite3.Connection) -> Ro
     ).fetchone()
     if row is None:
         raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
-    return _meta(row, _counts(conn, path, rollout_id).get(rollout_id) or empty_counts())
-
-
-def _counts(
-    conn: sqlite3.Connection, path: Path, rollout_id: str | None = None
-) -> dict[str, dict[str, int]]:
-    """Per-state counts by rollout (one, or all): the counts row the last save wrote, or for a
-    rollout without one (created by a version before the change log, never saved to since)
-    the phones' rows."""
-    counts = {key: value for key, (_, value) in logged_counts(conn, path, rollout_id).items()}
-    wanted = (
-        [rollout_id]
-        if rollout_id is not None
-        else [row[0] for row in conn.execute("SELECT rollout_id FROM rollouts")]
-    )
-    for missing in [wanted_id for wanted_id in wanted if wanted_id not in counts]:
-        from_rows = counts[missing] = empty_counts()
-        for state, count in conn.execute(
-            "SELECT state, count(*) FROM phones WHERE rollout_id = ? GROUP BY state", (missing,)
-        ):
-            from_rows[state] = count
-    return counts
+    counts = logged_counts(conn, path, rollout_id).get(rollout_id) or empty_counts()
+    return _meta(row, counts)
 
 
 def _list_rollouts(path: Path, conn: sqlite3.Connection) -> list[RolloutMeta]:
@@ -555,7 +535,7 @@ def _list_rollouts(path: Path, conn: sqlite3.Connection) -> list[RolloutMeta]:
 
 
 def _list_rollouts_in(path: Path, conn: sqlite3.Connection) -> list[RolloutMeta]:
-    counts = _counts(conn, path)
+    counts = logged_counts(conn, path)
     rows = conn.execute(
         f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, rowid DESC"
     )
