@@ -1,0 +1,59 @@
+"""The calls the rollout engine makes on the CPH API, as one narrow interface.
+
+:class:`~orchestrator.cph.client.CphClient` satisfies it over HTTP; the in-process fake of
+:mod:`orchestrator.testing` satisfies it on an injected clock, so the engine's behaviour (waves,
+bake, abort, timeouts, grace, pause, adaptive rate) can be tested deterministically without a
+network. A new call the engine needs is added here first, then to both implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from orchestrator.cph.models import (
+    BatchJobsResponse,
+    ListJobsResponse,
+    PhoneDetail,
+    PropertyUpdate,
+    ShowJobResponse,
+)
+
+__all__ = ["CphApi"]
+
+
+class CphApi(Protocol):
+    """What the engine asks of the cloud; errors are those of :mod:`orchestrator.cph.errors`."""
+
+    @property
+    def calls(self) -> Mapping[str, int]:
+        """Calls made so far, keyed ``"<family>.<outcome>"`` (``submit.ok``, ``query.throttled``)."""
+        ...
+
+    async def update_properties(self, updates: Sequence[PropertyUpdate]) -> BatchJobsResponse:
+        """Batch-update phone properties; per-phone errors come back in ``jobs``, never raised."""
+        ...
+
+    async def restart_phones(
+        self,
+        phone_ids: Sequence[str],
+        *,
+        image_id: str | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> BatchJobsResponse:
+        """Restart (or start) phones."""
+        ...
+
+    async def show_job(self, job_id: str) -> ShowJobResponse:
+        """One job by ID."""
+        ...
+
+    async def list_jobs_page(
+        self, request_ids: Sequence[str], *, offset: int = 0, limit: int = ...
+    ) -> ListJobsResponse:
+        """One page of the jobs of up to 20 batch requests."""
+        ...
+
+    async def show_phone(self, phone_id: str) -> PhoneDetail:
+        """One phone's details, including its current ``property`` string."""
+        ...
