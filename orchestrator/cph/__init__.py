@@ -1,7 +1,8 @@
 """The asynchronous CPH API client: wire models, authentication and the error taxonomy."""
 
+from orchestrator.cph.api import ApiFamily, CphApi
 from orchestrator.cph.auth import AkSkAuth, Auth, IamPasswordAuth, StaticTokenAuth
-from orchestrator.cph.client import ApiFamily, CphClient
+from orchestrator.cph.client import CphClient
 from orchestrator.cph.errors import (
     ApiError,
     AuthError,
@@ -29,6 +30,7 @@ __all__ = [
     "Auth",
     "AuthError",
     "BatchJobsResponse",
+    "CphApi",
     "CphClient",
     "IamPasswordAuth",
     "Job",

@@ -9,6 +9,7 @@ network. A new call the engine needs is added here first, then to both implement
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Protocol
 
 from orchestrator.cph.models import (
@@ -19,7 +20,14 @@ from orchestrator.cph.models import (
     ShowJobResponse,
 )
 
-__all__ = ["CphApi"]
+__all__ = ["ApiFamily", "CphApi"]
+
+
+class ApiFamily(StrEnum):
+    """Rate-limit families: submits change phones, queries only read. Each has its own budget."""
+
+    SUBMIT = "submit"
+    QUERY = "query"
 
 
 class CphApi(Protocol):

@@ -11,7 +11,6 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -23,6 +22,7 @@ from yarl import URL
 
 from orchestrator import __version__
 from orchestrator.clock import Clock, SystemClock
+from orchestrator.cph.api import ApiFamily
 from orchestrator.cph.auth import Auth, OutgoingRequest
 from orchestrator.cph.errors import (
     ApiError,
@@ -55,13 +55,6 @@ LIST_PHONES_PAGE_LIMIT = 100
 _EXCERPT_CHARS = 200
 
 AnswerT = TypeVar("AnswerT", bound=BaseModel)
-
-
-class ApiFamily(StrEnum):
-    """Rate-limit families: submits change phones, queries only read."""
-
-    SUBMIT = "submit"
-    QUERY = "query"
 
 
 @dataclass(frozen=True, slots=True)
