@@ -23,6 +23,7 @@ from orchestrator.clock import FakeClock
 from orchestrator.engine.states import PhoneRecord, PhoneState, Stage
 from orchestrator.store import (
     LeaseHeldError,
+    LeaseLostError,
     RolloutExistsError,
     RolloutMeta,
     RolloutNotFoundError,
@@ -33,7 +34,7 @@ from orchestrator.store import (
     StoreUnavailableError,
 )
 from orchestrator.store.changes import fold_oldest
-from orchestrator.store.lease import Lease, holder_pid_on_host, may_take
+from orchestrator.store.lease import Lease, LocalHolder, local_holder, may_take, new_owner
 from orchestrator.store.schema import APPLICATION_ID, MIGRATIONS, Migration
 
 HOST = socket.gethostname()
@@ -464,7 +465,8 @@ async def test_a_first_version_journal_gains_the_change_log(journal_path: Path) 
     await old.close()
     with contextlib.closing(sqlite3.connect(journal_path)) as conn:  # as the first version left it
         conn.executescript(
-            "DROP TABLE rollout_counts; DROP TABLE phone_changes; PRAGMA user_version = 1;"
+            "DROP TABLE rollout_counts; DROP TABLE phone_changes;"
+            " ALTER TABLE rollouts DROP COLUMN lease_generation; PRAGMA user_version = 1;"
         )
 
     store = await SqliteStore.open(journal_path)
@@ -713,7 +715,7 @@ async def test_two_stores_racing_for_one_lease_have_exactly_one_winner(journal_p
                 second.acquire_lease(f"r{round_}", owner=owner("second"), ttl_s=30),
                 return_exceptions=True,
             )
-            assert sorted(type(o).__name__ for o in outcomes) == ["LeaseHeldError", "NoneType"]
+            assert sorted(type(o).__name__ for o in outcomes) == ["LeaseHeldError", "LeaseToken"]
     finally:
         await first.close()
         await second.close()
@@ -731,10 +733,76 @@ def test_lease_rules() -> None:
     assert may_take(Lease(f"{HOST}:2:a", now + 10), owner="me", now=now, alive=alive)
     assert may_take(Lease("other:1:a", now - 0.1), owner="me", now=now, alive=alive)
     assert not may_take(Lease("garbled", now + 10), owner="me", now=now, alive=alive)
-    assert holder_pid_on_host("h:12:x", "h") == 12
-    assert holder_pid_on_host("h:0:x", "h") is None
-    assert holder_pid_on_host("h:pid:x", "h") is None
-    assert holder_pid_on_host("other:12:x", "h") is None
+    assert local_holder("h:12:x", "h") == LocalHolder(12, None)
+    assert local_holder("h:12:345:x", "h") == LocalHolder(12, 345)
+    assert local_holder("h:12:0:x", "h") == LocalHolder(12, None)
+    assert local_holder("h:0:x", "h") is None
+    assert local_holder("h:pid:x", "h") is None
+    assert local_holder("other:12:x", "h") is None
+
+
+def test_a_live_local_holder_is_never_taken_whatever_the_clocks_say() -> None:
+    expired_long_ago = Lease(owner=f"{HOST}:7:500:a", expires_at=10.0)
+    running = {"alive": lambda pid: True, "started": lambda pid: 500}
+    assert not may_take(expired_long_ago, owner="me", now=1e9, **running)  # type: ignore[arg-type]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_holders_lease() -> None:
+    lease = Lease(owner=f"{HOST}:7:500:a", expires_at=1e12)
+    reused = {"alive": lambda pid: True, "started": lambda pid: 999}
+    assert may_take(lease, owner="me", now=0.0, **reused)  # type: ignore[arg-type]
+
+
+def test_a_fresh_owner_names_this_process_and_its_start() -> None:
+    holder = local_holder(new_owner(), HOST)
+    assert holder is not None
+    assert holder.pid == os.getpid()
+    assert holder.start is not None
+    assert not may_take(Lease(new_owner(), expires_at=0.0), owner="me", now=1e9)
+
+
+async def test_a_lapsed_runner_can_write_nothing_after_a_take_over(journal_path: Path) -> None:
+    clock = FakeClock()
+    store = await SqliteStore.open(journal_path, clock=clock)
+    try:
+        await create(store, "r1", 2)
+        _, records = await store.load_phones("r1")
+        remote = "elsewhere.example:4242:a"
+        lapsed = await store.acquire_lease("r1", owner=remote, ttl_s=30)
+        clock.advance(31)
+        taker = await store.acquire_lease("r1", owner=owner("b"), ttl_s=30)
+        assert taker.generation == lapsed.generation + 1
+        records[0].state = PhoneState.SUBMITTING
+        with pytest.raises(LeaseLostError, match=re.escape(owner("b"))):
+            await store.save("r1", records[:1], fence=lapsed, api_calls={"submit.ok": 3})
+        with pytest.raises(LeaseLostError):
+            await store.update_rollout("r1", status="succeeded", fence=lapsed)
+        meta = await store.get_rollout("r1")
+        assert meta.status == "running"
+        assert meta.counts["submitting"] == 0
+        assert meta.api_calls == {}
+        await store.save("r1", records[:1], fence=taker)
+        assert (await store.get_rollout("r1")).counts["submitting"] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_released_and_retaken_lease_fences_the_old_token(store: SqliteStore) -> None:
+    await create(store, "r1", 1)
+    first = await store.acquire_lease("r1", owner=owner("a"), ttl_s=30)
+    assert await store.acquire_lease("r1", owner=owner("a"), ttl_s=30) == first
+    await store.release_lease("r1", owner=owner("a"))
+    await store.acquire_lease("r1", owner=owner("b"), ttl_s=30)
+    with pytest.raises(LeaseLostError):
+        await store.update_rollout("r1", reason="late", fence=first)
+
+
+async def test_saves_add_api_calls_to_the_rollouts_totals(store: SqliteStore) -> None:
+    await create(store, "r1", 2)
+    _, records = await store.load_phones("r1")
+    await store.save("r1", records[:1], api_calls={"submit.ok": 1, "query.ok": 0})
+    await store.save("r1", [], api_calls={"submit.ok": 2, "query.throttled": 1})
+    assert (await store.get_rollout("r1")).api_calls == {"submit.ok": 3, "query.throttled": 1}
 
 
 # --- volume --------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ needs the interface should depend on :class:`RolloutStore` and the errors from
 
 from orchestrator.store.base import (
     LeaseHeldError,
+    LeaseLostError,
+    LeaseToken,
     RolloutExistsError,
     RolloutMeta,
     RolloutNotFoundError,
@@ -20,6 +22,8 @@ from orchestrator.store.sqlite import SqliteStore
 
 __all__ = [
     "LeaseHeldError",
+    "LeaseLostError",
+    "LeaseToken",
     "RolloutExistsError",
     "RolloutMeta",
     "RolloutNotFoundError",

@@ -13,9 +13,12 @@ from typing import Any, NamedTuple, Protocol
 
 from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.errors import OrchestratorError
+from orchestrator.store.lease import LeaseToken
 
 __all__ = [
     "LeaseHeldError",
+    "LeaseLostError",
+    "LeaseToken",
     "RolloutExistsError",
     "RolloutMeta",
     "RolloutNotFoundError",
@@ -49,6 +52,10 @@ class RolloutExistsError(StoreError):
 
 class LeaseHeldError(StoreError):
     """Another live process is running this rollout."""
+
+
+class LeaseLostError(LeaseHeldError):
+    """Our lease was taken over by another runner: we must not write or send anything more."""
 
 
 class StoredPhone(NamedTuple):
@@ -97,8 +104,21 @@ class RolloutStore(Protocol):
         """
         ...
 
-    async def save(self, rollout_id: str, records: Sequence[PhoneRecord]) -> None:
-        """Write these phones' current fields in one transaction."""
+    async def save(
+        self,
+        rollout_id: str,
+        records: Sequence[PhoneRecord],
+        *,
+        fence: LeaseToken | None = None,
+        api_calls: Mapping[str, int] | None = None,
+    ) -> None:
+        """Write these phones' current fields in one transaction.
+
+        With ``fence``, the write happens only if that token still holds the rollout's lease
+        (checked in the same transaction), else :class:`LeaseLostError`. ``api_calls`` are
+        calls made since the previous save, added to the rollout's totals in the same
+        transaction, so the counts survive a crash together with the work they did.
+        """
         ...
 
     async def compact(self, rollout_id: str) -> int:
@@ -114,8 +134,12 @@ class RolloutStore(Protocol):
         reason: str | None = None,
         api_calls: Mapping[str, int] | None = None,
         options: Mapping[str, Any] | None = None,
+        fence: LeaseToken | None = None,
     ) -> None:
-        """Change the rollout's header (and its ``updated_at``)."""
+        """Change the rollout's header (and its ``updated_at``); ``fence`` as for :meth:`save`.
+
+        ``api_calls`` replaces the totals; :meth:`save` adds to them.
+        """
         ...
 
     async def get_rollout(self, rollout_id: str) -> RolloutMeta:
@@ -142,16 +166,17 @@ class RolloutStore(Protocol):
         """Records filtered and paged, in fleet order (for reports and the daemon's API)."""
         ...
 
-    async def acquire_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
+    async def acquire_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> LeaseToken:
         """Become the one runner of this rollout; :class:`LeaseHeldError` if another live one is.
 
-        A lease whose holder is a process of this host that no longer exists, or whose expiry
-        has passed, is taken over.
+        The rules are :func:`orchestrator.store.lease.may_take`'s: a holder of this host is taken
+        over once its process is gone (never while it runs), a remote one once its expiry has
+        passed. Returns the token that fences our writes.
         """
         ...
 
     async def renew_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
-        """Extend our lease; :class:`LeaseHeldError` if it was taken over meanwhile."""
+        """Extend our lease; :class:`LeaseLostError` if it was taken over meanwhile."""
         ...
 
     async def release_lease(self, rollout_id: str, *, owner: str) -> None:

@@ -157,9 +157,14 @@ def _count_existing_phones(conn: sqlite3.Connection) -> None:
     )
 
 
+def _create_v3(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE rollouts ADD COLUMN lease_generation INTEGER NOT NULL DEFAULT 0")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("rollouts and their phones", _create_v1),
     Migration("phones in fleet order, changes appended per save, per-state counts", _create_v2),
+    Migration("a lease generation that fences a lapsed runner's writes", _create_v3),
 )
 """The schema's history; ``len(MIGRATIONS)`` is the version this code writes."""
 

@@ -38,6 +38,7 @@ from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine.states import PhoneRecord, PhoneState, Stage
 from orchestrator.store.base import (
     LeaseHeldError,
+    LeaseLostError,
     RolloutExistsError,
     RolloutMeta,
     RolloutNotFoundError,
@@ -59,7 +60,7 @@ from orchestrator.store.changes import (
     overlay,
     write_counts,
 )
-from orchestrator.store.lease import Lease, may_take, refusal
+from orchestrator.store.lease import Lease, LeaseToken, may_take, refusal, taken_over
 from orchestrator.store.schema import (
     MIGRATIONS,
     Migration,
@@ -197,16 +198,26 @@ class SqliteStore:
         """
         await self._call(partial(_create_rollout, meta, phones, records, self._live))
 
-    async def save(self, rollout_id: str, records: Sequence[PhoneRecord]) -> None:
+    async def save(
+        self,
+        rollout_id: str,
+        records: Sequence[PhoneRecord],
+        *,
+        fence: LeaseToken | None = None,
+        api_calls: Mapping[str, int] | None = None,
+    ) -> None:
         """Write the mutable fields of these phones in one transaction (called on every batch step).
 
         The fields are copied before the first suspension, so changes the engine makes to the
-        records while the write is in flight are neither half-written nor raced with.
+        records while the write is in flight are neither half-written nor raced with. ``fence``
+        and ``api_calls`` as in :meth:`RolloutStore.save`.
         """
-        if not records:
+        calls = {key: n for key, n in (api_calls or {}).items() if n}
+        if not records and not calls and fence is None:
             return
         rows = list(map(_snapshot, records))
-        await self._call(partial(_save, self._path, rollout_id, rows, self._live))
+        work = _SaveWork(rollout_id, rows, fence, calls)
+        await self._call(partial(_save, self._path, work, self._live))
 
     async def compact(self, rollout_id: str, *, rows_per_step: int = COMPACT_ROWS_PER_STEP) -> int:
         """Fold the rollout's change log into its phones' rows and empty it; returns the log rows
@@ -231,8 +242,10 @@ class SqliteStore:
         reason: str | None = None,
         api_calls: Mapping[str, int] | None = None,
         options: Mapping[str, Any] | None = None,
+        fence: LeaseToken | None = None,
     ) -> None:
-        """Change the given header fields (None leaves one as it is) and ``updated_at``."""
+        """Change the given header fields (None leaves one as it is) and ``updated_at``; with
+        ``fence``, only while that token holds the lease (:class:`LeaseLostError` otherwise)."""
         changes: dict[str, object] = {"updated_at": self._now_iso()}
         if status is not None:
             changes["status"] = status
@@ -242,7 +255,7 @@ class SqliteStore:
             changes["api_calls_json"] = json.dumps(dict(api_calls))
         if options is not None:
             changes["options_json"] = json.dumps(dict(options))
-        await self._call(partial(_update_rollout, rollout_id, changes, self._live))
+        await self._call(partial(_update_rollout, rollout_id, changes, fence, self._live))
 
     async def get_rollout(self, rollout_id: str) -> RolloutMeta:
         """The header with per-state counts; :class:`RolloutNotFoundError` if unknown."""
@@ -271,12 +284,16 @@ class SqliteStore:
         query = _PhoneQuery(rollout_id, state, error_code, offset, limit)
         return await self._call(partial(_select_phones, self._path, query))
 
-    async def acquire_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
-        """Check and take the lease in one ``BEGIN IMMEDIATE`` transaction, so one contender wins."""
-        await self._call(partial(_acquire_lease, rollout_id, owner, ttl_s, self._clock.time))
+    async def acquire_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> LeaseToken:
+        """Check and take the lease in one ``BEGIN IMMEDIATE`` transaction, so one contender wins.
+
+        Returns the token that fences our writes; taking a lease from another owner starts a
+        new generation, so the previous holder's token stops working.
+        """
+        return await self._call(partial(_acquire_lease, rollout_id, owner, ttl_s, self._clock.time))
 
     async def renew_lease(self, rollout_id: str, *, owner: str, ttl_s: float) -> None:
-        """Push our lease's expiry to ``now + ttl_s``; :class:`LeaseHeldError` if it is not ours."""
+        """Push our lease's expiry to ``now + ttl_s``; :class:`LeaseLostError` if it is not ours."""
         await self._call(partial(_renew_lease, rollout_id, owner, ttl_s, self._clock.time))
 
     async def release_lease(self, rollout_id: str, *, owner: str) -> None:
@@ -445,19 +462,54 @@ def _create_rollout(
     live[meta.rollout_id] = created
 
 
+@dataclass(frozen=True, slots=True)
+class _SaveWork:
+    """One ``save`` call's data, as handed to the store's thread."""
+
+    rollout_id: str
+    changes: list[tuple[Any, ...]]
+    fence: LeaseToken | None
+    api_calls: Mapping[str, int]
+
+
 def _save(
-    path: Path,
-    rollout_id: str,
-    changes: list[tuple[Any, ...]],
-    live: dict[str, LiveCounts],
-    conn: sqlite3.Connection,
+    path: Path, work: _SaveWork, live: dict[str, LiveCounts], conn: sqlite3.Connection
 ) -> None:
+    rollout_id = work.rollout_id
     with write_transaction(conn):
+        if work.fence is not None:
+            _check_fence(conn, rollout_id, work.fence)
+        if work.api_calls:
+            _add_api_calls(conn, rollout_id, work.api_calls)
+        if not work.changes:
+            return
         known = live[rollout_id] = current_live(conn, path, rollout_id, live.get(rollout_id))
-        counts = known.moved(rollout_id, changes)
-        append_changes(conn, rollout_id, changes)
+        counts = known.moved(rollout_id, work.changes)
+        append_changes(conn, rollout_id, work.changes)
         write_counts(conn, rollout_id, known.generation + 1, counts)
-    known.accept(changes, counts)
+    known.accept(work.changes, counts)
+
+
+def _check_fence(conn: sqlite3.Connection, rollout_id: str, fence: LeaseToken) -> None:
+    """Inside a write transaction: the write goes on only while ``fence`` holds the lease."""
+    lease = _read_lease(conn, rollout_id)
+    if lease.owner != fence.owner or lease.generation != fence.generation:
+        raise LeaseLostError(taken_over(rollout_id, lease))
+
+
+def _add_api_calls(conn: sqlite3.Connection, rollout_id: str, delta: Mapping[str, int]) -> None:
+    row = conn.execute(
+        "SELECT api_calls_json FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+    ).fetchone()
+    if row is None:
+        raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
+    totals: dict[str, int] = json.loads(row[0] or "{}")
+    for key, count in delta.items():
+        totals[key] = totals.get(key, 0) + count
+    conn.execute(
+        "UPDATE rollouts SET api_calls_json = ? WHERE rollout_id = ?",
+        (json.dumps(totals), rollout_id),
+    )
 
 
 def _positions(rollout_id: str, conn: sqlite3.Connection) -> dict[str, int]:
@@ -483,6 +535,7 @@ def _fold_oldest(
 def _update_rollout(
     rollout_id: str,
     changes: dict[str, object],
+    fence: LeaseToken | None,
     live: dict[str, LiveCounts],
     conn: sqlite3.Connection,
 ) -> None:
@@ -490,6 +543,8 @@ def _update_rollout(
         live.pop(rollout_id, None)  # the run ended: a later one reads the file afresh
     assignments = ", ".join(f"{column} = ?" for column in changes)
     with write_transaction(conn):
+        if fence is not None:
+            _check_fence(conn, rollout_id, fence)
         cursor = conn.execute(
             f"UPDATE rollouts SET {assignments} WHERE rollout_id = ?",
             (*changes.values(), rollout_id),
@@ -636,29 +691,33 @@ def _select_phones(path: Path, query: _PhoneQuery, conn: sqlite3.Connection) -> 
 
 def _read_lease(conn: sqlite3.Connection, rollout_id: str) -> Lease:
     row = conn.execute(
-        "SELECT lease_owner, lease_expires_at FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+        "SELECT lease_owner, lease_expires_at, lease_generation FROM rollouts WHERE rollout_id = ?",
+        (rollout_id,),
     ).fetchone()
     if row is None:
         raise RolloutNotFoundError(f"no rollout {rollout_id!r} in this journal")
-    return Lease(owner=row[0], expires_at=row[1])
+    return Lease(owner=row[0], expires_at=row[1], generation=row[2])
 
 
-def _write_lease(conn: sqlite3.Connection, rollout_id: str, owner: str, expires_at: float) -> None:
+def _write_lease(conn: sqlite3.Connection, rollout_id: str, lease: Lease) -> None:
     conn.execute(
-        "UPDATE rollouts SET lease_owner = ?, lease_expires_at = ? WHERE rollout_id = ?",
-        (owner, expires_at, rollout_id),
+        "UPDATE rollouts SET lease_owner = ?, lease_expires_at = ?, lease_generation = ?"
+        " WHERE rollout_id = ?",
+        (lease.owner, lease.expires_at, lease.generation, rollout_id),
     )
 
 
 def _acquire_lease(
     rollout_id: str, owner: str, ttl_s: float, now: Callable[[], float], conn: sqlite3.Connection
-) -> None:
+) -> LeaseToken:
     with write_transaction(conn):
         at = now()  # read under the write lock: a contender's wait for it must not age the lease
         lease = _read_lease(conn, rollout_id)
         if not may_take(lease, owner=owner, now=at):
             raise LeaseHeldError(refusal(rollout_id, lease, now=at))
-        _write_lease(conn, rollout_id, owner, at + ttl_s)
+        generation = lease.generation if lease.owner == owner else lease.generation + 1
+        _write_lease(conn, rollout_id, Lease(owner, at + ttl_s, generation))
+    return LeaseToken(owner, generation)
 
 
 def _renew_lease(
@@ -668,8 +727,8 @@ def _renew_lease(
         at = now()
         lease = _read_lease(conn, rollout_id)
         if lease.owner != owner:
-            raise LeaseHeldError(refusal(rollout_id, lease, now=at))
-        _write_lease(conn, rollout_id, owner, at + ttl_s)
+            raise LeaseLostError(refusal(rollout_id, lease, now=at))
+        _write_lease(conn, rollout_id, Lease(owner, at + ttl_s, lease.generation))
 
 
 def _release_lease(rollout_id: str, owner: str, conn: sqlite3.Connection) -> None:
