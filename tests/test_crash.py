@@ -3,7 +3,7 @@
 The crash test runs ``rollout`` as a real process against a simulator process, kills it with SIGKILL
 at seeded random moments (counted in log lines, never in seconds), reads the journal after each
 kill, resumes, kills again, and finally lets a ``resume`` run to its end. It then checks the journal's
-promise (DESIGN.md): every phone ends succeeded (holding exactly its properties) or failed with a
+promise (docs/architecture.md): every phone ends succeeded (holding exactly its properties) or failed with a
 code, and the only phones sent more often than their attempts say are those whose answer a kill
 lost (``submitting`` in the journal at the kill).
 
