@@ -30,11 +30,7 @@ from orchestrator.engine.options import EngineOptions, RestartMode
 from orchestrator.engine.policy import RetryAction, abort_reason
 from orchestrator.engine.polling import PollTiming
 from orchestrator.engine.rate import AdaptiveRate, Budget
-from orchestrator.engine.run_state import (
-    RunState,
-    StopKind,
-    log_retry_scheduled,
-)
+from orchestrator.engine.run_state import RunState, StopKind, log_retry_scheduled
 from orchestrator.engine.states import PhoneRecord, PhoneState, Stage, StateTable
 from orchestrator.engine.submitter import Submitter
 from orchestrator.engine.tracker import Tracker
