@@ -1,4 +1,5 @@
-"""The pure rollout policy: full-jitter backoff, retry decisions, the abort gate and wave sizes."""
+"""The pure rollout policy: full-jitter backoff, retry decisions, the abort gate, wave sizes, and
+what a failed submit request means for its batch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.cph.errors import (
+    ApiError,
+    AuthError,
+    MalformedResponseError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
 from orchestrator.engine.policy import (
+    ACCOUNT_LEVEL_CODES,
     JOB_FAILED_CODE,
     JOB_TIMEOUT_CODE,
     JOB_VANISHED_CODE,
@@ -18,7 +28,10 @@ from orchestrator.engine.policy import (
     AbortThresholds,
     RetryAction,
     RetryPolicy,
+    SubmitAction,
+    SubmitDecision,
     abort_reason,
+    decide_submit_error,
     full_jitter_backoff_s,
 )
 from orchestrator.plan import wave_sizes
@@ -293,3 +306,91 @@ def test_waves_cover_the_fleet_exactly(waves: list[int | str], fleet: int) -> No
         spec = waves[min(position, len(waves) - 1)] if waves else "100%"
         if isinstance(spec, int):
             assert size == max(1, spec)
+
+
+# --- a submit request that raised --------------------------------------------------------------
+
+
+def test_a_throttled_submit_is_resent_after_the_wait_it_asked_for() -> None:
+    error = ThrottledError(status=429, error_code="APIG.0308", retry_after_s=2.5)
+    decision = decide_submit_error(error, batch_size=100)
+    assert decision.action is SubmitAction.RESEND_AFTER_WAIT
+    assert decision.retry_after_s == 2.5
+    assert not decision.rejected
+
+
+def test_refused_credentials_stop_the_rollout() -> None:
+    error = AuthError(status=401, error_code="APIG.0301")
+    assert decide_submit_error(error, batch_size=100) == SubmitDecision(SubmitAction.STOP)
+
+
+@pytest.mark.parametrize(
+    ("error", "unknown"),
+    [
+        (TransientError(status=503), False),
+        (TransientError("connection dropped", outcome_unknown=True), True),
+        (MalformedResponseError("not JSON", status=200, outcome_unknown=True), True),
+        (ApiError("something else"), False),
+    ],
+)
+def test_a_request_that_failed_as_a_whole_retries_its_phones_with_backoff(
+    error: ApiError, unknown: bool
+) -> None:
+    """5xx, timeouts, dropped connections and unreadable answers say nothing about the phones."""
+    decision = decide_submit_error(error, batch_size=100)
+    assert decision.action is SubmitAction.RETRY_WITH_BACKOFF
+    assert decision.outcome_unknown is unknown
+    assert not decision.rejected
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_whole_batch_rejection_is_bisected(status: int) -> None:
+    """One bad phone can make the server refuse its whole batch: halve until it stands alone."""
+    error = PermanentError(status=status, error_code="CPS.0004")
+    assert decide_submit_error(error, batch_size=2) == SubmitDecision(
+        SubmitAction.BISECT, rejected=True
+    )
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_rejected_batch_of_one_fails_its_phone(status: int) -> None:
+    error = PermanentError(status=status, error_code="CPS.0004")
+    assert decide_submit_error(error, batch_size=1) == SubmitDecision(
+        SubmitAction.FAIL_PHONE, rejected=True
+    )
+
+
+@pytest.mark.parametrize("code", sorted(ACCOUNT_LEVEL_CODES))
+@pytest.mark.parametrize("batch_size", [1, 100])
+def test_account_level_rejections_stop_the_rollout_unsplit(code: str, batch_size: int) -> None:
+    """Permissions, arrears, a frozen or unverified account: no split of the batch can help."""
+    error = PermanentError(status=400, error_code=code)
+    decision = decide_submit_error(error, batch_size=batch_size)
+    assert decision == SubmitDecision(SubmitAction.STOP, rejected=True)
+
+
+@pytest.mark.parametrize("status", [403, 404, 405, 409, 422, None])
+def test_other_client_errors_stop_the_rollout(status: int | None) -> None:
+    error = PermanentError(status=status, error_code="CPS.0004")
+    assert decide_submit_error(error, batch_size=100).action is SubmitAction.STOP
+
+
+@given(
+    status=st.none() | st.integers(min_value=400, max_value=499),
+    code=st.sampled_from(["", "CPS.0004", "CPS.0002", *sorted(ACCOUNT_LEVEL_CODES)]),
+    batch_size=st.integers(min_value=1, max_value=500),
+)
+def test_a_rejection_is_split_only_when_a_split_can_help(
+    status: int | None, code: str, batch_size: int
+) -> None:
+    decision = decide_submit_error(
+        PermanentError(status=status, error_code=code), batch_size=batch_size
+    )
+    assert decision.rejected
+    splittable = status in (400, 413) and code not in ACCOUNT_LEVEL_CODES
+    if not splittable:
+        assert decision.action is SubmitAction.STOP
+    elif batch_size == 1:
+        assert decision.action is SubmitAction.FAIL_PHONE
+    else:
+        assert decision.action is SubmitAction.BISECT

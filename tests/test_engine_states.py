@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from orchestrator.engine.states import (
     LIVE_STATES,
     TERMINAL_STATES,
-    FleetTable,
     IllegalTransitionError,
     PhoneRecord,
     PhoneState,
+    StateTable,
 )
 
 P = PhoneState
@@ -31,11 +31,11 @@ LEGAL: dict[PhoneState, frozenset[PhoneState]] = {
 """The design's state machine, written out independently of the module under test."""
 
 
-def _table(size: int) -> FleetTable:
-    return FleetTable(PhoneRecord(index=i, phone_id=f"phone{i}") for i in range(size))
+def _table(size: int) -> StateTable:
+    return StateTable(PhoneRecord(index=i, phone_id=f"phone{i}") for i in range(size))
 
 
-def _assert_consistent(table: FleetTable) -> None:
+def _assert_consistent(table: StateTable) -> None:
     recount = Counter(record.state for record in table)
     assert sum(table.counts.values()) == len(table)
     assert {state: table.counts[state] for state in PhoneState} == {
@@ -126,7 +126,7 @@ def test_illegal_moves_are_refused_and_change_nothing(
 @pytest.mark.parametrize("start", [P.PENDING, P.SUBMITTING, P.RUNNING, P.RETRY_WAIT])
 def test_terminal_states_are_final(terminal: PhoneState, start: PhoneState) -> None:
     record = PhoneRecord(index=0, phone_id="p", state=start)
-    table = FleetTable([record])
+    table = StateTable([record])
     table.move(record, terminal)
     for target in PhoneState:
         with pytest.raises(IllegalTransitionError):
@@ -139,7 +139,7 @@ def test_terminal_states_are_final(terminal: PhoneState, start: PhoneState) -> N
 def test_every_move_follows_the_design(start: PhoneState) -> None:
     for target in PhoneState:
         record = PhoneRecord(index=0, phone_id="p", state=start)
-        table = FleetTable([record])
+        table = StateTable([record])
         if target in LEGAL[start]:
             table.move(record, target)
             assert record.state is target
@@ -153,7 +153,7 @@ def test_every_move_follows_the_design(start: PhoneState) -> None:
 def test_duplicate_phone_ids_are_refused() -> None:
     records = [PhoneRecord(index=0, phone_id="a"), PhoneRecord(index=1, phone_id="a")]
     with pytest.raises(ValueError, match="twice"):
-        FleetTable(records)
+        StateTable(records)
 
 
 def test_a_table_counts_records_in_whatever_state_they_resume() -> None:
@@ -163,7 +163,7 @@ def test_a_table_counts_records_in_whatever_state_they_resume() -> None:
         PhoneRecord(index=2, phone_id="c", state=P.FAILED),
         PhoneRecord(index=3, phone_id="d"),
     ]
-    table = FleetTable(records)
+    table = StateTable(records)
     assert len(table) == 4
     assert table.terminal_count == 2
     assert table.count_summary() == {
@@ -187,7 +187,7 @@ def test_lookup_by_phone_id() -> None:
 
 
 def test_an_empty_table() -> None:
-    table = FleetTable([])
+    table = StateTable([])
     assert len(table) == 0
     assert table.count_summary() == {
         "total": 0,

@@ -20,7 +20,12 @@ from orchestrator.cph.models import (
     ShowJobResponse,
 )
 
-__all__ = ["ApiFamily", "CphApi"]
+__all__ = ["LIST_JOBS_MAX_REQUEST_IDS", "LIST_JOBS_PAGE_LIMIT", "ApiFamily", "CphApi"]
+
+LIST_JOBS_MAX_REQUEST_IDS = 20
+"""Batch request IDs one ListJobs call may name."""
+LIST_JOBS_PAGE_LIMIT = 100
+"""Jobs one ListJobs page holds at most."""
 
 
 class ApiFamily(StrEnum):

@@ -22,7 +22,7 @@ from yarl import URL
 
 from orchestrator import __version__
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.cph.api import ApiFamily
+from orchestrator.cph.api import LIST_JOBS_MAX_REQUEST_IDS, LIST_JOBS_PAGE_LIMIT, ApiFamily
 from orchestrator.cph.auth import Auth, OutgoingRequest
 from orchestrator.cph.errors import (
     ApiError,
@@ -49,8 +49,6 @@ __all__ = ["ApiFamily", "CphClient", "PhoneFilters"]
 USER_AGENT = f"cph-orchestrator/{__version__}"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_CONNECTIONS = 64
-LIST_JOBS_MAX_REQUEST_IDS = 20
-LIST_JOBS_PAGE_LIMIT = 100
 LIST_PHONES_PAGE_LIMIT = 100
 _EXCERPT_CHARS = 200
 

@@ -337,7 +337,7 @@ class RolloutManager:
 
     async def resume(self, rollout_id: str) -> dict[str, Any]:
         """Submit again after a pause."""
-        (await self._engine_of(rollout_id)).resume()
+        (await self._engine_of(rollout_id)).unpause()
         return await self.status(rollout_id)
 
     async def cancel(self, rollout_id: str) -> dict[str, Any]:

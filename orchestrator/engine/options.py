@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from orchestrator.engine.policy import AbortThresholds, RetryPolicy
+from orchestrator.plan.model import RestartAfter
 from orchestrator.plan.properties import KNOWN_PROPERTIES
 
 __all__ = [
@@ -42,12 +42,9 @@ RESTART_PROPERTIES = frozenset(
 """Properties that take effect only after a restart, from the plan's property table."""
 
 
-class RestartMode(StrEnum):
-    """Whether a phone is restarted once its property update succeeded."""
-
-    NEVER = "never"
-    WHEN_NEEDED = "when_needed"
-    ALWAYS = "always"
+RestartMode = RestartAfter
+"""Whether a phone is restarted once its property update succeeded: the plan's own enum, so a
+plan's ``restart_after`` is the engine's ``restart`` without any conversion."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Pure rollout policy: retry decisions, backoff, the abort gate and wave sizes.
+"""Pure rollout policy: retry decisions, backoff, what a failed submit means, and the abort gate.
 
 No I/O and no clock reads here: callers pass the random source and the numbers, so each rule is
 unit-tested directly (as in stamina's backoff and procrastinate's ``get_retry_decision``).
@@ -12,16 +12,27 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
+from orchestrator.cph.errors import (
+    ApiError,
+    AuthError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
 from orchestrator.plan.model import BUSY_ERROR_CODE
 
 __all__ = [
+    "ACCOUNT_LEVEL_CODES",
     "JOB_TIMEOUT_CODE",
     "MISSING_FROM_ANSWER_CODE",
     "AbortThresholds",
     "RetryAction",
     "RetryDecision",
     "RetryPolicy",
+    "SubmitAction",
+    "SubmitDecision",
     "abort_reason",
+    "decide_submit_error",
     "full_jitter_backoff_s",
 ]
 
@@ -38,6 +49,11 @@ JOB_FAILED_CODE = "JOB_FAILED"
 OUR_RETRYABLE_CODES = frozenset(
     {JOB_TIMEOUT_CODE, MISSING_FROM_ANSWER_CODE, JOB_VANISHED_CODE, REQUEST_FAILED_CODE}
 )
+
+ACCOUNT_LEVEL_CODES = frozenset({"CPS.0001", "CPS.0006", "CPS.0007", "CPS.0008"})
+"""Whole-request rejections that no split can fix: permissions, arrears, frozen, unverified."""
+SPLITTABLE_STATUSES = frozenset({400, 413})
+"""HTTP statuses of a whole-batch rejection that one of its phones may be causing."""
 
 DEFAULT_BACKOFF_BASE_S = 1.0
 DEFAULT_BACKOFF_CAP_S = 60.0
@@ -126,3 +142,52 @@ def abort_reason(*, succeeded: int, failed: int, thresholds: AbortThresholds) ->
         share = failed * 100.0 / executed
         return f"{share:.1f}% of {executed} executed phones failed, more than {limit:g}%"
     return None
+
+
+class SubmitAction(StrEnum):
+    """What the submitter does with a batch whose request raised instead of answering."""
+
+    RESEND_AFTER_WAIT = "resend_after_wait"
+    """Throttled: not the phones' fault; they go back to the front of the queue, unchanged, and
+    the submit budget slows down and honours any Retry-After."""
+    RETRY_WITH_BACKOFF = "retry_with_backoff"
+    """The request failed as a whole (5xx, timeout, dropped connection): each phone waits its
+    backoff and is sent again, without being charged an attempt."""
+    BISECT = "bisect"
+    """A 400/413 for the whole batch: send each half on its own to find the phone behind it."""
+    FAIL_PHONE = "fail_phone"
+    """A 400/413 for a batch of one phone: that phone fails with the request's error code."""
+    STOP = "stop"
+    """Credentials refused, an account-level code, or another 4xx: no resend can work, so the
+    rollout stops (fatal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitDecision:
+    """The verdict on one failed submit request."""
+
+    action: SubmitAction
+    rejected: bool = False
+    """The server refused the request as such (a 4xx that is neither throttling nor auth)."""
+    outcome_unknown: bool = False
+    """The request may have taken effect (a POST whose answer was lost)."""
+    retry_after_s: float | None = None
+    """How long a throttled answer asked us to wait, when it said."""
+
+
+def decide_submit_error(error: ApiError, *, batch_size: int) -> SubmitDecision:
+    """What a submit request's error means for its batch of ``batch_size`` phones."""
+    if isinstance(error, ThrottledError):
+        return SubmitDecision(SubmitAction.RESEND_AFTER_WAIT, retry_after_s=error.retry_after_s)
+    if isinstance(error, AuthError):
+        return SubmitDecision(SubmitAction.STOP)
+    if isinstance(error, PermanentError):
+        return SubmitDecision(_rejection_action(error, batch_size), rejected=True)
+    unknown = isinstance(error, TransientError) and error.outcome_unknown
+    return SubmitDecision(SubmitAction.RETRY_WITH_BACKOFF, outcome_unknown=unknown)
+
+
+def _rejection_action(error: PermanentError, batch_size: int) -> SubmitAction:
+    if error.error_code in ACCOUNT_LEVEL_CODES or error.status not in SPLITTABLE_STATUSES:
+        return SubmitAction.STOP
+    return SubmitAction.FAIL_PHONE if batch_size == 1 else SubmitAction.BISECT

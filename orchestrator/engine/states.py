@@ -17,11 +17,11 @@ from enum import StrEnum
 __all__ = [
     "LIVE_STATES",
     "TERMINAL_STATES",
-    "FleetTable",
     "IllegalTransitionError",
     "PhoneRecord",
     "PhoneState",
     "Stage",
+    "StateTable",
 ]
 
 
@@ -93,8 +93,8 @@ class PhoneRecord:
         return self.state in TERMINAL_STATES
 
 
-class FleetTable:
-    """All phones of a rollout by ID, with live per-state counts.
+class StateTable:
+    """Every phone's record by ID, with live per-state counts; refuses moves the machine forbids.
 
     Every state change goes through :meth:`move`, which enforces the state machine and keeps the
     counts; nothing else assigns ``record.state``.

@@ -176,7 +176,11 @@ class _Frozen(BaseModel):
 
 
 class RestartAfter(StrEnum):
-    """Whether each phone is restarted once its properties are written."""
+    """Whether each phone is restarted once its properties are written.
+
+    The engine uses this same enum (as ``orchestrator.engine.options.RestartMode``): the plan is
+    the lower layer, so the enum lives here.
+    """
 
     NEVER = "never"
     WHEN_NEEDED = "when_needed"
