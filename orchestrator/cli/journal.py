@@ -1,244 +1,129 @@
-"""Commands that read or continue rollouts from the journal: resume, status, report, rerun-failed."""
+"""The commands that read or continue rollouts from the journal: ``resume``, ``rerun-failed``,
+``status``, ``report`` and ``compact``.
+
+The work itself is the rollouts layer's (:mod:`orchestrator.rollouts`); these commands parse the
+flags, drive it from the terminal and print what it returns.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
+import asyncio
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.cph.connect import open_client
-from orchestrator.engine.options import EngineOptions
-from orchestrator.engine.runner import RolloutResult, Target
-from orchestrator.engine.states import LIVE_STATES, PhoneRecord, PhoneState
-from orchestrator.errors import ConfigError
-from orchestrator.journaled import (
-    JournalTarget,
-    Prepare,
-    compact_journal,
-    create_rollout,
-    ended,
-    load_for_resume,
-    open_store,
-    run_journaled,
-    stored_update,
+import click
+
+from orchestrator.cli.daemon import print_daemon_answer
+from orchestrator.cli.errors import exit_on_errors
+from orchestrator.cli.options import (
+    CONFIG_OPTION,
+    STATE_OPTION,
+    RunFlags,
+    journal_path,
+    prepare_run,
+    run_options,
 )
-from orchestrator.report import build_report, write_report
-from orchestrator.run import drive_engine, finish
-from orchestrator.service import Overrides
-from orchestrator.settings import Settings
-from orchestrator.store.base import RolloutMeta, RolloutStore
+from orchestrator.cli.process import rollout_collector_tuning
+from orchestrator.cli.terminal import finish, terminal_drive
+from orchestrator.daemon import remote
+from orchestrator.logging import configure_logging
+from orchestrator.rollouts.execute import rerun_failed_rollout, resume_rollout
+from orchestrator.rollouts.journaled import compact_rollouts
+from orchestrator.rollouts.prepare import new_rollout_id
+from orchestrator.rollouts.report import read_journal_report, write_csv, write_report
+from orchestrator.rollouts.status import read_status_rows
+from orchestrator.settings import load_settings
 
-__all__ = ["rerun_failed", "resume", "show_report", "show_status", "status_row"]
-
-
-def _with_overrides(options: EngineOptions, overrides: Overrides) -> EngineOptions:
-    """Flags given to ``resume``/``rerun-failed`` change the stored options for this run."""
-    changes: dict[str, Any] = {}
-    if overrides.batch_size:
-        changes["batch_size"] = overrides.batch_size
-    if overrides.submit_rate_per_s:
-        changes["submit_rate_per_s"] = overrides.submit_rate_per_s
-    if overrides.query_rate_per_s:
-        changes["query_rate_per_s"] = overrides.query_rate_per_s
-    if overrides.max_attempts:
-        changes["retry"] = dataclasses.replace(options.retry, max_attempts=overrides.max_attempts)
-    return dataclasses.replace(options, **changes)
+__all__ = ["compact", "report", "rerun_failed", "resume", "status", "status_line"]
 
 
-async def _run_with_client(
-    store: RolloutStore,
-    settings: Settings,
-    *,
-    rollout_id: str,
-    name: str,
-    prepare: Prepare,
-    options: EngineOptions,
-    show_progress: bool,
-    calls_before: Mapping[str, int] | None = None,
-) -> RolloutResult:
-    client = await open_client(settings.cph)
-    try:
-        return await run_journaled(
-            store,
-            rollout_id=rollout_id,
-            name=name,
-            prepare=prepare,
-            options=options,
-            client=client,
-            drive=functools.partial(drive_engine, show_progress=show_progress),
-            calls_before=calls_before,
+@click.command()
+@click.argument("rollout_id")
+@run_options
+@exit_on_errors
+def resume(rollout_id: str, **flags: Any) -> None:
+    """Continue an interrupted or crashed rollout: running jobs are tracked, not resent."""
+    run = RunFlags(**flags)
+    with rollout_collector_tuning() as setup_done:
+        settings, state = prepare_run(run, rollout_id)
+        drive = terminal_drive(show_progress=run.show_progress(), setup_done=setup_done)
+        result = asyncio.run(
+            resume_rollout(
+                rollout_id=rollout_id,
+                settings=settings,
+                state_path=state,
+                overrides=run.overrides(),
+                drive=drive,
+            )
         )
-    finally:
-        await client.close()
+    sys.exit(finish(result, run.report, settings))
 
 
-async def resume(
-    *,
-    rollout_id: str,
-    settings: Settings,
-    state_path: Path,
-    overrides: Overrides,
-    report_path: Path | None,
-    show_progress: bool,
-) -> int:
-    """Continue an interrupted or crashed rollout where its journal left it."""
-    store = await open_store(state_path)
-    try:
-        meta = await store.get_rollout(rollout_id)
-        options = _with_overrides(_options(meta), overrides)
-
-        async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
-            return await load_for_resume(store, rollout_id)
-
-        result = await _run_with_client(
-            store,
-            settings,
-            rollout_id=rollout_id,
-            name=meta.name,
-            prepare=prepare,
-            options=options,
-            show_progress=show_progress,
-            calls_before=meta.api_calls,
+@click.command("rerun-failed")
+@click.argument("rollout_id")
+@click.option("--error-code", help="Only the phones that failed with this code.")
+@click.option("--id", "new_id", help="Name the new rollout (default: generated).")
+@run_options
+@exit_on_errors
+def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **flags: Any) -> None:
+    """Start a new rollout of the phones that failed in ROLLOUT_ID."""
+    run = RunFlags(**flags)
+    new_id = new_id or new_rollout_id()
+    with rollout_collector_tuning() as setup_done:
+        settings, state = prepare_run(run, new_id)
+        drive = terminal_drive(show_progress=run.show_progress(), setup_done=setup_done)
+        result = asyncio.run(
+            rerun_failed_rollout(
+                rollout_id=rollout_id,
+                new_id=new_id,
+                error_code=error_code,
+                settings=settings,
+                state_path=state,
+                overrides=run.overrides(),
+                drive=drive,
+            )
         )
-    finally:
-        await store.close()
-    return finish(result, report_path, settings)
+    sys.exit(finish(result, run.report, settings))
 
 
-async def rerun_failed(
-    *,
-    rollout_id: str,
-    new_id: str,
-    error_code: str | None,
-    settings: Settings,
-    state_path: Path,
-    overrides: Overrides,
-    report_path: Path | None,
-    show_progress: bool,
-) -> int:
-    """A new rollout of the phones that failed in ``rollout_id`` (optionally with one code)."""
-    store = await open_store(state_path)
-    try:
-        meta = await store.get_rollout(rollout_id)
-        stored, records = await store.load_phones(rollout_id)
-        targets = [
-            JournalTarget(phone.phone_id, stored_update(phone))
-            for phone, record in zip(stored, records, strict=True)
-            if record.state is PhoneState.FAILED
-            and (error_code is None or record.error_code == error_code)
-        ]
-        if not targets:
-            which = f" with {error_code}" if error_code else ""
-            raise ConfigError(f"rollout {rollout_id} has no failed phones{which}: nothing to rerun")
-        options = _with_overrides(_options(meta), overrides)
-        name = f"{meta.name} (rerun of {rollout_id})"
-        new_records = await create_rollout(
-            store,
-            rollout_id=new_id,
-            name=name,
-            targets=[(i, t.phone_id, t.update) for i, t in enumerate(targets)],
-            options=options,
-            plan_source=f"rerun-failed {rollout_id}",
-        )
-
-        async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
-            return targets, new_records
-
-        result = await _run_with_client(
-            store,
-            settings,
-            rollout_id=new_id,
-            name=name,
-            prepare=prepare,
-            options=options,
-            show_progress=show_progress,
-        )
-    finally:
-        await store.close()
-    return finish(result, report_path, settings)
-
-
-def _options(meta: RolloutMeta) -> EngineOptions:
-    from orchestrator.engine.options import options_from_data
-
-    return options_from_data(meta.options)
-
-
-def _summary_counts(meta: RolloutMeta) -> dict[str, int]:
-    counts = meta.counts
-    return {
-        "total": sum(counts.values()),
-        "succeeded": counts.get(PhoneState.SUCCEEDED, 0),
-        "failed": counts.get(PhoneState.FAILED, 0),
-        "cancelled": counts.get(PhoneState.CANCELLED, 0),
-        "pending": sum(counts.get(state, 0) for state in LIVE_STATES),
-    }
-
-
-def status_row(meta: RolloutMeta) -> dict[str, Any]:
-    """A rollout as ``status --json`` and the daemon show it."""
-    return {
-        "rollout_id": meta.rollout_id,
-        "name": meta.name,
-        "status": meta.status,
-        "reason": meta.reason,
-        "created_at": meta.created_at,
-        "updated_at": meta.updated_at,
-        "counts": _summary_counts(meta),
-        "states": {str(state): meta.counts.get(state, 0) for state in PhoneState},
-        "api_calls": dict(meta.api_calls),
-    }
-
-
-async def _read_store(state_path: Path) -> RolloutStore:
-    from orchestrator.store.sqlite import SqliteStore
-
-    return await SqliteStore.open(state_path, read_only=True)
-
-
-async def show_status(*, state_path: Path, rollout_id: str | None, as_json: bool) -> int:
-    """Print one rollout's counts per state and timing, or a line for every rollout."""
-    store = await _read_store(state_path)
-    try:
-        metas = [await store.get_rollout(rollout_id)] if rollout_id else await store.list_rollouts()
-    finally:
-        await store.close()
-    rows = [status_row(meta) for meta in metas]
+@click.command()
+@click.argument("rollout_id", required=False)
+@CONFIG_OPTION
+@STATE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--daemon",
+    "daemon_url",
+    metavar="URL",
+    help="Ask a running daemon instead of reading a journal (token: CPH_DAEMON_TOKEN).",
+)
+@exit_on_errors
+def status(
+    rollout_id: str | None,
+    config: Path | None,
+    state: Path | None,
+    as_json: bool,
+    daemon_url: str | None,
+) -> None:
+    """Show every rollout in the journal, or one rollout's counts per state."""
+    if daemon_url:
+        print_daemon_answer(lambda: remote.fetch_status(daemon_url, rollout_id))
+        return
+    rows = asyncio.run(read_status_rows(journal_path(config, state), rollout_id))
     if as_json:
         json.dump(rows[0] if rollout_id else rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
-        return 0
-    for row in rows:
-        print(_status_line(row, detailed=rollout_id is not None))
-    return 0
+    else:
+        for row in rows:
+            print(status_line(row, detailed=rollout_id is not None))
+    sys.exit(0)
 
 
-async def compact(*, state_path: Path, rollout_id: str | None) -> int:
-    """Fold the change log of one rollout, or of every rollout that has ended, into its rows.
-
-    Safe while other processes run rollouts in the same journal: it works in short
-    transactions, and reads are exact before, during and after.
-    """
-    store = await open_store(state_path)
-    try:
-        wanted = (
-            [rollout_id]
-            if rollout_id
-            else [meta.rollout_id for meta in await store.list_rollouts() if ended(meta)]
-        )
-        for wanted_id in wanted:
-            folded = await compact_journal(store, wanted_id)
-            print(f"{wanted_id}: folded {folded} change log entries into its phones")
-    finally:
-        await store.close()
-    return 0
-
-
-def _status_line(row: Mapping[str, Any], *, detailed: bool) -> str:
+def status_line(row: Mapping[str, Any], *, detailed: bool) -> str:
+    """A status row as ``status`` prints it: one line, or with ``detailed`` a few more."""
     counts = row["counts"]
     line = (
         f"{row['rollout_id']}  {row['status']:<24} {counts['succeeded']}/{counts['total']} ok,"
@@ -259,31 +144,52 @@ def _status_line(row: Mapping[str, Any], *, detailed: bool) -> str:
     return "\n".join([line, *extra])
 
 
-async def show_report(*, state_path: Path, rollout_id: str, fmt: str, output: Path | None) -> int:
-    """Write (or print) the report of a rollout from the journal."""
-    store = await _read_store(state_path)
-    try:
-        meta = await store.get_rollout(rollout_id)
-        records = await store.phones(rollout_id)
-    finally:
-        await store.close()
-    report = build_report(
-        rollout_id=meta.rollout_id,
-        name=meta.name,
-        status=meta.status,
-        counts=_summary_counts(meta),
-        api_calls=meta.api_calls,
-        records=records,
-        extra={"reason": meta.reason},
-    )
+@click.command()
+@click.argument("rollout_id")
+@CONFIG_OPTION
+@STATE_OPTION
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv"]),
+    default="json",
+    show_default=True,
+    help="Report format.",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write to a file.")
+@exit_on_errors
+def report(
+    rollout_id: str, config: Path | None, state: Path | None, fmt: str, output: Path | None
+) -> None:
+    """Print (or write) a rollout's report from the journal."""
+    built = asyncio.run(read_journal_report(journal_path(config, state), rollout_id))
     if output is not None:
-        write_report(report, output, fmt=fmt)
-        return 0
-    if fmt == "json":
-        json.dump(report, sys.stdout, indent=1, ensure_ascii=False)
+        write_report(built, output, fmt=fmt)
+    elif fmt == "json":
+        json.dump(built, sys.stdout, indent=1, ensure_ascii=False)
         sys.stdout.write("\n")
     else:
-        from orchestrator.report import write_csv
+        write_csv(built["phones"], sys.stdout)
+    sys.exit(0)
 
-        write_csv(report["phones"], sys.stdout)
-    return 0
+
+@click.command()
+@click.argument("rollout_id", required=False)
+@CONFIG_OPTION
+@STATE_OPTION
+@exit_on_errors
+def compact(rollout_id: str | None, config: Path | None, state: Path | None) -> None:
+    """Fold saved changes into the phones' rows: of one rollout, or of every ended one.
+
+    Reads are exact without it; it makes reports of large rollouts faster and lets the journal
+    reuse the space. The daemon does it itself when a rollout ends.
+    """
+    settings = load_settings(config)
+    path = journal_path(config, state, settings)
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+
+    def say(rollout_id: str, folded: int) -> None:
+        print(f"{rollout_id}: folded {folded} change log entries into its phones")
+
+    asyncio.run(compact_rollouts(path, rollout_id, on_folded=say))
+    sys.exit(0)
