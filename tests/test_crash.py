@@ -31,12 +31,14 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from orchestrator import journal_commands
 from orchestrator.cph import CphClient, StaticTokenAuth
 from orchestrator.engine.runner import RolloutEngine
 from orchestrator.engine.states import PhoneRecord, PhoneState
-from orchestrator.journaled import create_rollout
-from orchestrator.service import Overrides
+from orchestrator.rollouts.execute import resume_rollout
+from orchestrator.rollouts.journaled import create_rollout
+from orchestrator.rollouts.outcome import ExitCode, exit_code_for
+from orchestrator.rollouts.prepare import Overrides
+from orchestrator.rollouts.report import write_result_report
 from orchestrator.settings import CphSettings, RolloutSettings, Settings
 from orchestrator.store.base import RolloutMeta
 from orchestrator.store.sqlite import SqliteStore
@@ -432,16 +434,13 @@ async def test_a_journal_that_fails_mid_run_stops_sending_and_resume_completes(
         assert sent <= record.attempts + in_flight, (record, sent)
     caught = {p for p, r in on_disk.items() if r.state is PhoneState.SUBMITTING}
 
-    code = await journal_commands.resume(
-        rollout_id="broken",
-        settings=_settings_for(sim.url, tmp_path),
-        state_path=path,
-        overrides=Overrides(),
-        report_path=tmp_path / "resumed.json",
-        show_progress=False,
+    settings = _settings_for(sim.url, tmp_path)
+    resumed = await resume_rollout(
+        rollout_id="broken", settings=settings, state_path=path, overrides=Overrides()
     )
+    write_result_report(resumed, tmp_path / "resumed.json", settings)
 
-    assert code == 0
+    assert exit_code_for(resumed) is ExitCode.SUCCEEDED
     report = read_report(tmp_path / "resumed.json")
     assert [p["phone_id"] for p in report["phones"]] == fleet
     assert {p["state"] for p in report["phones"]} == {"succeeded"}

@@ -28,7 +28,7 @@ from orchestrator.cli import cli
 from orchestrator.daemon.server import Daemon, check_exposure, parse_listen
 from orchestrator.engine.states import PhoneState
 from orchestrator.errors import ConfigError
-from orchestrator.journaled import open_store
+from orchestrator.rollouts.journaled import open_store
 from orchestrator.settings import CphSettings, DaemonSettings, RolloutSettings, Settings
 from orchestrator.simulator import SimulatorServer
 from tests.conftest import SimulatorFactory

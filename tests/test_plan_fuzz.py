@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from orchestrator.plan import PhoneTarget, PlanError, load_plan_data, load_plan_text
 from orchestrator.plan.errors import Problems
-from orchestrator.plan.fleet import FleetTable, _read_csv, _read_plain_csv
+from orchestrator.plan.fleet import FleetFile, _read_csv, _read_plain_csv
 from orchestrator.plan.loader import _Renderer
 from orchestrator.plan.locate import PlanFormat
 from orchestrator.plan.properties import PropertyFormatError, PropertyValue, check_property
@@ -271,7 +271,7 @@ CSV_LINES = st.lists(
 )
 def test_plain_csv_reading_equals_the_reference(header: str, lines: list[str]) -> None:
     text = header + "".join(lines)
-    reference, fast = FleetTable("f.csv", "csv"), FleetTable("f.csv", "csv")
+    reference, fast = FleetFile("f.csv", "csv"), FleetFile("f.csv", "csv")
     problems = Problems()
     _read_csv(text, reference, problems)
     if _read_plain_csv(text, fast):
@@ -283,7 +283,7 @@ def test_plain_csv_reading_equals_the_reference(header: str, lines: list[str]) -
         )
         assert [dict(row) for row in fast.rows] == [dict(row) for row in reference.rows]
     else:
-        assert fast == FleetTable("f.csv", "csv")  # untouched
+        assert fast == FleetFile("f.csv", "csv")  # untouched
 
 
 def test_plain_csv_reading_takes_the_common_files() -> None:
@@ -293,6 +293,6 @@ def test_plain_csv_reading_takes_the_common_files() -> None:
         "phone_id\r\n" + "\r\n".join(ids),
         "phone_id,shop\n" + "".join(f"{i},x\n" for i in ids),
     ):
-        table = FleetTable("f.csv", "csv")
+        table = FleetFile("f.csv", "csv")
         assert _read_plain_csv(text, table)
         assert (table.phone_ids, table.lines) == (ids, [2, 3, 4])

@@ -20,12 +20,21 @@ from orchestrator.cph.models import (
     ShowJobResponse,
 )
 
-__all__ = ["LIST_JOBS_MAX_REQUEST_IDS", "LIST_JOBS_PAGE_LIMIT", "ApiFamily", "CphApi"]
+__all__ = [
+    "LIST_JOBS_MAX_REQUEST_IDS",
+    "LIST_JOBS_PAGE_LIMIT",
+    "LIST_PHONES_PAGE_LIMIT",
+    "ApiFamily",
+    "CphApi",
+]
 
 LIST_JOBS_MAX_REQUEST_IDS = 20
 """Batch request IDs one ListJobs call may name."""
 LIST_JOBS_PAGE_LIMIT = 100
 """Jobs one ListJobs page holds at most."""
+LIST_PHONES_PAGE_LIMIT = 200
+"""Phones one ListCloudPhones page may hold (the current docs allow 1-200; older ones said 100):
+the largest page takes the fewest calls (docs/cph-api.md §5)."""
 
 
 class ApiFamily(StrEnum):

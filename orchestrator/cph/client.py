@@ -7,9 +7,10 @@ happened (:mod:`orchestrator.cph.errors`) and counts its calls by API family and
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -22,7 +23,12 @@ from yarl import URL
 
 from orchestrator import __version__
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.cph.api import LIST_JOBS_MAX_REQUEST_IDS, LIST_JOBS_PAGE_LIMIT, ApiFamily
+from orchestrator.cph.api import (
+    LIST_JOBS_MAX_REQUEST_IDS,
+    LIST_JOBS_PAGE_LIMIT,
+    LIST_PHONES_PAGE_LIMIT,
+    ApiFamily,
+)
 from orchestrator.cph.auth import Auth, OutgoingRequest
 from orchestrator.cph.errors import (
     ApiError,
@@ -49,10 +55,11 @@ __all__ = ["ApiFamily", "CphClient", "PhoneFilters"]
 USER_AGENT = f"cph-orchestrator/{__version__}"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_CONNECTIONS = 64
-LIST_PHONES_PAGE_LIMIT = 100
 _EXCERPT_CHARS = 200
 
 AnswerT = TypeVar("AnswerT", bound=BaseModel)
+PageRead = Callable[[], Awaitable[ListPhonesResponse]]
+"""One page's ListCloudPhones call, ready to be made (or retried) by the caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,12 +204,18 @@ class CphClient:
         phone_name: str | None = None,
         phone_type: int | None = None,
         page_size: int = LIST_PHONES_PAGE_LIMIT,
+        read: Callable[[PageRead], Awaitable[ListPhonesResponse]] | None = None,
     ) -> AsyncIterator[list[Phone]]:
-        """Pages of phones matching the filters (newest first, as the API lists them)."""
+        """Pages of phones matching the filters (newest first, as the API lists them).
+
+        ``read`` makes each page's call, for callers that retry page by page (the client itself
+        makes one attempt); by default the call is made as is.
+        """
         filters = PhoneFilters(server_id, status, phone_name, phone_type)
         seen = 0
         while True:
-            page = await self.list_phones_page(filters, offset=seen, limit=page_size)
+            call = functools.partial(self.list_phones_page, filters, offset=seen, limit=page_size)
+            page = await (read(call) if read is not None else call())
             if page.phones:
                 yield page.phones
             seen += len(page.phones)

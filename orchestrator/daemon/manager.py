@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,9 @@ from orchestrator.engine.runner import (
 )
 from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.errors import OrchestratorError
-from orchestrator.journal_commands import status_row
-from orchestrator.journaled import (
+from orchestrator.plan import Policy, load_plan_data
+from orchestrator.rollouts.journaled import (
+    Prepare,
     compact_journal,
     create_rollout,
     ended,
@@ -41,9 +42,9 @@ from orchestrator.journaled import (
     merged_calls,
     run_journaled,
 )
-from orchestrator.plan import Policy, load_plan_data
-from orchestrator.report import phone_row
-from orchestrator.service import engine_options, new_rollout_id, resolve_targets
+from orchestrator.rollouts.prepare import engine_options, new_rollout_id, resolve_targets
+from orchestrator.rollouts.report import phone_row
+from orchestrator.rollouts.status import status_row
 from orchestrator.settings import Settings
 from orchestrator.store.base import (
     LeaseHeldError,
@@ -70,8 +71,6 @@ SHUTDOWN_MARGIN_S = 10.0
 """Beyond the engines' stop grace, how long a stop waits for runs to record how they ended."""
 RECOVERY_WAIT_S = 30.0
 """How long readiness waits for recovered rollouts to take their leases."""
-
-Prepare = Callable[[], Awaitable[tuple[Sequence[Target], list[PhoneRecord]]]]
 
 
 class DaemonError(OrchestratorError):
@@ -232,6 +231,7 @@ class RolloutManager:
                 calls_before=calls_before,
                 budgets=self.budgets,
                 wrap_journal=lambda journal: TimedJournal(journal, self.metrics, self._clock),
+                clock=self._clock,
             )
             if result.status is not RolloutStatus.INTERRUPTED:  # ended: it is read, not run
                 await self._compact(run.rollout_id)

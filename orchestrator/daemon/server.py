@@ -19,7 +19,7 @@ from pydantic import SecretStr
 from orchestrator.daemon.api import create_app
 from orchestrator.daemon.manager import RolloutManager
 from orchestrator.errors import ConfigError
-from orchestrator.journaled import open_store
+from orchestrator.rollouts.journaled import open_store
 from orchestrator.settings import Settings
 from orchestrator.store.base import RolloutStore
 

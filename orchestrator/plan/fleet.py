@@ -37,7 +37,7 @@ __all__ = [
     "NO_CELLS",
     "PHONE_ID_COLUMN",
     "RESERVED_COLUMNS",
-    "FleetTable",
+    "FleetFile",
     "read_fleet_file",
     "read_fleet_text",
 ]
@@ -52,8 +52,9 @@ NO_CELLS: Row = MappingProxyType({})
 
 
 @dataclass(slots=True)
-class FleetTable:
-    """The rows of a fleet file: phone IDs, their set (non-empty) values, and where each row is."""
+class FleetFile:
+    """A fleet file as read: its columns, its phone IDs with their set (non-empty) values per
+    column, and where each row is in the file (for messages)."""
 
     label: str
     kind: Literal["csv", "json"]
@@ -75,7 +76,7 @@ class FleetTable:
         self.lines.append(line)
 
 
-def read_fleet_file(path: Path, label: str) -> FleetTable:
+def read_fleet_file(path: Path, label: str) -> FleetFile:
     """Read a ``.csv`` or ``.json`` fleet file; every problem found raises one :class:`PlanError`."""
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -87,10 +88,10 @@ def read_fleet_file(path: Path, label: str) -> FleetTable:
     return read_fleet_text(text, label, kind)
 
 
-def read_fleet_text(text: str, label: str, kind: Literal["csv", "json"]) -> FleetTable:
+def read_fleet_text(text: str, label: str, kind: Literal["csv", "json"]) -> FleetFile:
     """Parse fleet text already read; see :func:`read_fleet_file`."""
     problems = Problems()
-    table = FleetTable(label, kind)
+    table = FleetFile(label, kind)
     if kind == "csv":
         if not _read_plain_csv(text, table):
             _read_csv(text, table, problems)
@@ -138,7 +139,7 @@ _Plain = tuple[list[str], list[str], list[Row]]
 """A plain fleet file read: its header, its phone IDs, and their rows."""
 
 
-def _read_plain_csv(text: str, table: FleetTable) -> bool:
+def _read_plain_csv(text: str, table: FleetFile) -> bool:
     """Read a CSV fleet without a single problem in bulk; False (``table`` untouched) otherwise.
 
     Most fleet files are plain: every record one line, every row as wide as the header, every
@@ -200,7 +201,7 @@ def _cells_to_row(header: list[str], key: int, cells: list[str]) -> Row:
     return {header[i]: cell for i, cell in enumerate(cells) if cell and i != key}
 
 
-def _read_csv(text: str, table: FleetTable, problems: Problems) -> None:
+def _read_csv(text: str, table: FleetFile, problems: Problems) -> None:
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -214,7 +215,7 @@ def _read_csv(text: str, table: FleetTable, problems: Problems) -> None:
 
 
 def _read_csv_rows(
-    reader: Any, header: list[str], key: int, table: FleetTable, problems: Problems
+    reader: Any, header: list[str], key: int, table: FleetFile, problems: Problems
 ) -> None:
     width = len(header)
     last_line = reader.line_num
@@ -235,7 +236,7 @@ def _read_csv_rows(
         table.add(phone_id, _cells_to_row(header, key, cells), line)
 
 
-def _read_json(text: str, table: FleetTable, problems: Problems) -> None:
+def _read_json(text: str, table: FleetFile, problems: Problems) -> None:
     try:
         for number, (item, line) in enumerate(_json_items(text), start=1):
             _add_json_item(
@@ -247,7 +248,7 @@ def _read_json(text: str, table: FleetTable, problems: Problems) -> None:
         problems.add(table.label, "", f"unreadable JSON: {exc}")
 
 
-def _add_json_item(item: Any, where: str, line: int, table: FleetTable, problems: Problems) -> None:
+def _add_json_item(item: Any, where: str, line: int, table: FleetFile, problems: Problems) -> None:
     if not isinstance(item, dict):
         problems.add(where, "", "each item must be an object with a phone_id")
         return

@@ -39,7 +39,7 @@ from orchestrator.cph.models import (
     encode_property,
 )
 from orchestrator.plan.errors import PlanError, Problems
-from orchestrator.plan.fleet import NO_CELLS, FleetTable, read_fleet_file
+from orchestrator.plan.fleet import NO_CELLS, FleetFile, read_fleet_file
 from orchestrator.plan.locate import (
     Loc,
     Locator,
@@ -476,14 +476,14 @@ class _Compiler:
             value = template.render(0, "", {})
         constants[name] = check_property(name, value)
 
-    def check_columns(self, table: FleetTable) -> list[str]:
+    def check_columns(self, table: FleetFile) -> list[str]:
         """The dotted columns (per-phone property values), after noting the undocumented ones."""
         dotted = [column for column in table.columns if "." in column]
         for column in dotted:
             self._note_name(f"{table.label}:1", f"column {column}", column)
         return dotted
 
-    def check_placeholders(self, renderer: _Renderer, table: FleetTable | None) -> None:
+    def check_placeholders(self, renderer: _Renderer, table: FleetFile | None) -> None:
         columns = set(table.columns) if table is not None else set()
         used: set[str] = set()
         for name, template, where in renderer.templates:
@@ -509,7 +509,7 @@ class _Compiler:
 
 def _read_table(
     plan: Plan, label: str, locator: Locator, base_dir: Path | None, problems: Problems
-) -> FleetTable | None:
+) -> FleetFile | None:
     file = plan.fleet.file
     if file is None:
         return None
@@ -564,7 +564,7 @@ class _FleetPlaces:
     label: str
     locator: Locator
     listed: int
-    table: FleetTable | None
+    table: FleetFile | None
 
     def __call__(self, position: int) -> str:
         if position < self.listed or self.table is None:
@@ -574,7 +574,7 @@ class _FleetPlaces:
 
 
 def _render_explicit(
-    plan: Plan, table: FleetTable | None, renderer: _Renderer, label: str, locator: Locator
+    plan: Plan, table: FleetFile | None, renderer: _Renderer, label: str, locator: Locator
 ) -> list[PhoneTarget]:
     listed = len(plan.fleet.phones)
     phone_ids = list(plan.fleet.phones)

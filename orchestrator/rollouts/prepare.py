@@ -1,24 +1,27 @@
-"""From a plan to a running engine: the glue the command line and the daemon share.
+"""From a plan to what the engine runs: its phones (targets) and its options.
 
-Settings give defaults, the plan's policy overrides them, command-line flags override both.
+The command line and the daemon both turn a plan into targets and engine options; doing it here
+keeps the two from drifting apart. Settings give defaults, the plan's policy overrides them,
+command-line flags override both.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import itertools
 import random
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.cph.client import CphClient, PhoneFilters
+from orchestrator.cph.client import CphClient
 from orchestrator.cph.errors import ThrottledError, TransientError
+from orchestrator.cph.models import ListPhonesResponse
 from orchestrator.engine.options import EngineOptions, RestartMode
 from orchestrator.engine.policy import (
     AbortThresholds,
@@ -35,21 +38,21 @@ from orchestrator.plan import (
 from orchestrator.settings import RolloutSettings
 
 T = TypeVar("T")
-log = structlog.get_logger("orchestrator.service")
+log = structlog.get_logger("orchestrator.rollouts")
 
 READ_ATTEMPTS = 8
 READ_BACKOFF_BASE_S = 0.5
 READ_BACKOFF_CAP_S = 20.0
-LIST_PAGE = 200
-"""ListCloudPhones allows up to 200 a page (cph-api.md §5)."""
 
 __all__ = [
     "Overrides",
+    "batch_count",
     "engine_options",
     "estimate_duration_s",
     "new_rollout_id",
     "query_phone_ids",
     "resolve_targets",
+    "with_overrides",
 ]
 
 
@@ -108,6 +111,20 @@ def engine_options(
     )
 
 
+def with_overrides(options: EngineOptions, overrides: Overrides) -> EngineOptions:
+    """A journaled rollout's stored options, changed by the flags given to this run of it."""
+    changes: dict[str, Any] = {}
+    if overrides.batch_size:
+        changes["batch_size"] = overrides.batch_size
+    if overrides.submit_rate_per_s:
+        changes["submit_rate_per_s"] = overrides.submit_rate_per_s
+    if overrides.query_rate_per_s:
+        changes["query_rate_per_s"] = overrides.query_rate_per_s
+    if overrides.max_attempts:
+        changes["retry"] = dataclasses.replace(options.retry, max_attempts=overrides.max_attempts)
+    return dataclasses.replace(options, **changes)
+
+
 async def _read_with_retries(read: Callable[[], Awaitable[T]], *, clock: Clock) -> T:
     """Retry an idempotent read through throttling and transient failures, with backoff."""
     rng = random.Random()
@@ -128,18 +145,16 @@ async def _read_with_retries(read: Callable[[], Awaitable[T]], *, clock: Clock) 
 
 
 async def query_phone_ids(client: CphClient, query: FleetQuery, *, clock: Clock) -> list[str]:
-    """Every phone ID matching the plan's query, page by page, each page retried on its own."""
-    filters = PhoneFilters(query.server_id, query.status, query.phone_name)
-    found: list[str] = []
-    while True:
-        read = functools.partial(
-            client.list_phones_page, filters, offset=len(found), limit=LIST_PAGE
-        )
-        page = await _read_with_retries(read, clock=clock)
-        found.extend(phone.phone_id for phone in page.phones)
-        full = len(page.phones) == LIST_PAGE
-        if not full or (page.count is not None and len(found) >= page.count):
-            return found
+    """Every phone ID matching the plan's query, through the client's paging, each page retried
+    on its own (a throttled page late in a large fleet must not restart the listing)."""
+
+    async def retried(read: Callable[[], Awaitable[ListPhonesResponse]]) -> ListPhonesResponse:
+        return await _read_with_retries(read, clock=clock)
+
+    pages = client.iter_phones(
+        server_id=query.server_id, status=query.status, phone_name=query.phone_name, read=retried
+    )
+    return [phone.phone_id async for page in pages for phone in page]
 
 
 async def resolve_targets(

@@ -2,7 +2,9 @@
 
 The engine knows only :class:`~orchestrator.engine.journal.Journal`; this module ties it to a
 :class:`~orchestrator.store.base.RolloutStore`, holds the rollout's lease while it runs, and writes
-the rollout's header (status, reason, API calls) when it ends.
+the rollout's header (status, reason, API calls) when it ends. The command line and the daemon
+both run their rollouts through :func:`run_journaled`, so a rollout started by one can be resumed
+by the other.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import structlog
 
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.cph.client import CphClient
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.journal import Journal
@@ -38,29 +41,33 @@ from orchestrator.store.base import (
 
 __all__ = [
     "FINISHED_STATUSES",
+    "LEASE_RENEW_S",
     "LEASE_TTL_S",
+    "Drive",
     "JournalTarget",
     "Prepare",
     "StoreJournal",
+    "compact_journal",
+    "compact_rollouts",
     "create_rollout",
     "ended",
+    "held_lease",
     "lease_owner",
     "load_for_resume",
     "merged_calls",
     "open_store",
     "run_journaled",
+    "stored_update",
 ]
 
-log = structlog.get_logger("orchestrator.journaled")
+log = structlog.get_logger("orchestrator.rollouts")
 
 LEASE_TTL_S = 30.0
 """A crashed runner's lease lapses after this; a dead local process's lease is taken at once."""
+LEASE_RENEW_S = LEASE_TTL_S / 3
+"""How often a runner renews its lease: two renewals may fail before it lapses."""
 RUNNING = "running"
 FINISHED_STATUSES = frozenset({"succeeded", "completed_with_failures", "aborted"})
-
-EngineRunner = Callable[
-    [RolloutEngine], "asyncio.Future[RolloutResult] | asyncio.Task[RolloutResult]"
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +95,11 @@ def lease_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-async def open_store(path: Path) -> RolloutStore:
-    """Open (or create) the SQLite journal at ``path``."""
+async def open_store(path: Path, *, read_only: bool = False) -> RolloutStore:
+    """Open (or create) the SQLite journal at ``path``; ``read_only`` never creates nor writes."""
     from orchestrator.store.sqlite import SqliteStore
 
-    return await SqliteStore.open(path)
+    return await SqliteStore.open(path, read_only=read_only)
 
 
 def _now() -> str:
@@ -154,6 +161,27 @@ async def compact_journal(store: RolloutStore, rollout_id: str) -> int:
     return folded
 
 
+async def compact_rollouts(
+    state_path: Path, rollout_id: str | None, *, on_folded: Callable[[str, int], None]
+) -> None:
+    """Compact one rollout, or every rollout that has ended; ``on_folded`` hears of each.
+
+    Safe while other processes run rollouts in the same journal: it works in short
+    transactions, and reads are exact before, during and after.
+    """
+    store = await open_store(state_path)
+    try:
+        wanted = (
+            [rollout_id]
+            if rollout_id
+            else [meta.rollout_id for meta in await store.list_rollouts() if ended(meta)]
+        )
+        for wanted_id in wanted:
+            on_folded(wanted_id, await compact_journal(store, wanted_id))
+    finally:
+        await store.close()
+
+
 def ended(meta: RolloutMeta) -> bool:
     """True when nothing is left to do: an end status and no phone still open.
 
@@ -172,12 +200,21 @@ def stored_update(phone: StoredPhone) -> PropertyUpdate:
 
 @contextlib.asynccontextmanager
 async def held_lease(
-    store: RolloutStore, rollout_id: str, *, on_lost: Callable[[str], None]
+    store: RolloutStore,
+    rollout_id: str,
+    *,
+    on_lost: Callable[[str], None],
+    clock: Clock | None = None,
 ) -> AsyncIterator[str]:
-    """Hold the rollout's lease while the block runs, renewing it; release it afterwards."""
+    """Hold the rollout's lease while the block runs, renewing it on ``clock``; release it after.
+
+    ``on_lost`` hears why when a renewal finds that another runner has taken the lease.
+    """
     owner = lease_owner()
     await store.acquire_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
-    renewer = asyncio.create_task(_renew_forever(store, rollout_id, owner, on_lost))
+    renewer = asyncio.create_task(
+        _renew_forever(store, rollout_id, owner, on_lost, clock or SystemClock())
+    )
     try:
         yield owner
     finally:
@@ -189,10 +226,14 @@ async def held_lease(
 
 
 async def _renew_forever(
-    store: RolloutStore, rollout_id: str, owner: str, on_lost: Callable[[str], None]
+    store: RolloutStore,
+    rollout_id: str,
+    owner: str,
+    on_lost: Callable[[str], None],
+    clock: Clock,
 ) -> None:
     while True:
-        await asyncio.sleep(LEASE_TTL_S / 3)
+        await clock.sleep(LEASE_RENEW_S)
         try:
             await store.renew_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
         except LeaseHeldError as error:
@@ -222,7 +263,9 @@ class _StopOnLeaseLoss:
 
 
 Prepare = Callable[[], Awaitable[tuple[Sequence[Target], list[PhoneRecord]]]]
+"""Loads the phones a run works on; called once the lease is held."""
 Drive = Callable[[RolloutEngine], Awaitable[RolloutResult]]
+"""Runs the engine to its end: as is, or with a terminal's signals and progress bar around it."""
 
 
 async def run_journaled(
@@ -237,13 +280,14 @@ async def run_journaled(
     calls_before: Mapping[str, int] | None = None,
     budgets: Budgets | None = None,
     wrap_journal: Callable[[Journal], Journal] | None = None,
+    clock: Clock | None = None,
 ) -> RolloutResult:
     """Take the lease, load the phones (``prepare``), run the engine journaling every change,
     and record how the run ended. Loading under the lease means no other runner can move the
-    phones between our read and our first write.
+    phones between our read and our first write. ``clock`` paces the lease's renewals.
     """
     on_lost = _StopOnLeaseLoss()
-    async with held_lease(store, rollout_id, on_lost=on_lost):
+    async with held_lease(store, rollout_id, on_lost=on_lost, clock=clock):
         targets, records = await prepare()
         journal: Journal = StoreJournal(store, rollout_id)
         engine = RolloutEngine(

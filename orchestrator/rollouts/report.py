@@ -2,7 +2,8 @@
 
 Its shape is a contract (README): ``rollout_id``, ``name``, ``status``, ``counts``, ``api_calls``
 and ``phones`` with ``phone_id``, ``state``, ``attempts``, ``job_id``, ``request_id``,
-``error_code``, ``error_msg`` each.
+``error_code``, ``error_msg`` each. Built here from a finished run or from the journal, so a
+report written at the end of a run and one read back later have the same shape.
 """
 
 from __future__ import annotations
@@ -16,10 +17,23 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from orchestrator.engine.runner import RolloutResult
 from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
+from orchestrator.rollouts.journaled import open_store
+from orchestrator.rollouts.status import summary_counts
+from orchestrator.settings import Settings
 
-__all__ = ["PHONE_FIELDS", "build_report", "phone_row", "write_csv", "write_report"]
+__all__ = [
+    "PHONE_FIELDS",
+    "build_report",
+    "phone_row",
+    "read_journal_report",
+    "result_report",
+    "write_csv",
+    "write_report",
+    "write_result_report",
+]
 
 PHONE_FIELDS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_code", "error_msg")
 
@@ -58,6 +72,45 @@ def build_report(
         **(extra or {}),
         "phones": [phone_row(r) for r in ordered],
     }
+
+
+def result_report(result: RolloutResult) -> dict[str, Any]:
+    """The report of a run that just ended, with its reason and elapsed time."""
+    return build_report(
+        rollout_id=result.rollout_id,
+        name=result.name,
+        status=str(result.status),
+        counts=result.counts,
+        api_calls=result.api_calls,
+        records=result.records,
+        extra={"reason": result.reason, "elapsed_s": round(result.elapsed_s, 3)},
+    )
+
+
+def write_result_report(result: RolloutResult, path: Path | None, settings: Settings) -> Path:
+    """Write a finished run's report to ``path`` (default: the runs folder); returns where."""
+    path = path or Path(settings.rollout.runs_dir) / f"{result.rollout_id}.report.json"
+    write_report(result_report(result), path)
+    return path
+
+
+async def read_journal_report(state_path: Path, rollout_id: str) -> dict[str, Any]:
+    """A rollout's report as the journal holds it now (read-only: the journal is not changed)."""
+    store = await open_store(state_path, read_only=True)
+    try:
+        meta = await store.get_rollout(rollout_id)
+        records = await store.phones(rollout_id)
+    finally:
+        await store.close()
+    return build_report(
+        rollout_id=meta.rollout_id,
+        name=meta.name,
+        status=meta.status,
+        counts=summary_counts(meta),
+        api_calls=meta.api_calls,
+        records=records,
+        extra={"reason": meta.reason},
+    )
 
 
 def _write_json(report: Mapping[str, Any], handle: BinaryIO) -> None:

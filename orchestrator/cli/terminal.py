@@ -1,0 +1,92 @@
+"""A rollout as a terminal runs it: signals while it runs, a progress bar, a summary at its end.
+
+Signals: the first SIGINT/SIGTERM stops submitting and lets in-flight jobs finish within the grace
+period, then the report is written and the process exits 130; a second signal exits at once.
+Only the command line installs these handlers: a rollout run in-process (a test, the daemon)
+keeps the process's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrator.cli.progress import ProgressBar, summary_lines
+from orchestrator.engine.runner import RolloutEngine, RolloutResult
+from orchestrator.rollouts.journaled import Drive
+from orchestrator.rollouts.outcome import ExitCode, exit_code_for
+from orchestrator.rollouts.report import write_result_report
+from orchestrator.settings import Settings
+
+__all__ = ["drive_from_terminal", "finish", "stop_on_signals", "terminal_drive"]
+
+
+@contextmanager
+def stop_on_signals(engine: RolloutEngine) -> Iterator[None]:
+    """First signal: graceful stop. Second: exit now. Handlers are restored afterwards."""
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            print("second signal: exiting now", file=sys.stderr, flush=True)
+            os._exit(ExitCode.INTERRUPTED)
+        name = signal.Signals(signum).name
+        print(f"{name}: finishing in-flight jobs, press again to quit", file=sys.stderr)
+        engine.request_stop(f"interrupted by {name}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def drive_from_terminal(
+    engine: RolloutEngine, *, show_progress: bool, setup_done: Callable[[], None]
+) -> RolloutResult:
+    """Run the engine with signal handling and, on a terminal, the progress bar.
+
+    ``setup_done`` is called first: set-up has ended once the engine exists.
+    """
+    setup_done()
+    with stop_on_signals(engine):
+        if not show_progress:
+            return await engine.run()
+        with ProgressBar(Console(stderr=True), len(engine.table), engine.snapshot):
+            return await engine.run()
+
+
+def terminal_drive(*, show_progress: bool, setup_done: Callable[[], None]) -> Drive:
+    """:func:`drive_from_terminal` with its options bound, for the rollouts layer to call."""
+
+    async def drive(engine: RolloutEngine) -> RolloutResult:
+        return await drive_from_terminal(engine, show_progress=show_progress, setup_done=setup_done)
+
+    return drive
+
+
+def finish(result: RolloutResult, report_path: Path | None, settings: Settings) -> ExitCode:
+    """Write the report, print the summary; returns the exit code."""
+    written = write_result_report(result, report_path, settings)
+    for line in summary_lines(
+        status=str(result.status),
+        reason=result.reason,
+        counts=result.counts,
+        api_calls=result.api_calls,
+        elapsed_s=result.elapsed_s,
+        records=result.records,
+    ):
+        print(line)
+    print(f"  report: {written}")
+    return exit_code_for(result)
