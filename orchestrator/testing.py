@@ -50,6 +50,7 @@ from orchestrator.cph.models import (
     PropertyUpdate,
     ShowJobResponse,
 )
+from orchestrator.cph.signer import canonical_query_string
 from orchestrator.simulator.auth import ReceivedRequest
 from orchestrator.simulator.config import SimulatorConfig
 from orchestrator.simulator.gateway import Gateway, WireAnswer, cph_answer
@@ -228,7 +229,7 @@ class FakeCphApi:
         spike_s = self.gateway.latency_spike_s()
         if spike_s > 0.0:
             await self.clock.sleep(spike_s)
-        where = f"{request.method} {request.path}"
+        where = f"{request.method} {self._target(request)}"
         answer = cph_answer(self.state.counters, handle(request_id), request_id, where)
         if self.gateway.drops_answer(request.family, answer.status):
             raise _dropped(request)
@@ -238,6 +239,12 @@ class FakeCphApi:
         headers = {"x-auth-token": self._token} if self._token else {}
         path = f"/v1/{self.config.project_id}{request.path}"
         return ReceivedRequest(request.method, path, list(request.query.items()), headers, b"")
+
+    def _target(self, request: _Request) -> str:
+        """Path and query as the HTTP client would send them (for violation details)."""
+        path = f"/v1/{self.config.project_id}{request.path}"
+        query = canonical_query_string(list(request.query.items()))
+        return f"{path}?{query}" if query else path
 
 
 def _as_sent(body: dict[str, Any]) -> dict[str, Any]:
