@@ -12,6 +12,7 @@ import random
 import pytest
 
 from orchestrator.clock import FakeClock
+from orchestrator.cph.api import ApiFamily
 from orchestrator.engine.polling import (
     FIRST_POLL_QUANTILE,
     MIN_SAMPLES_TO_TRUST,
@@ -20,7 +21,6 @@ from orchestrator.engine.polling import (
     PollTiming,
     whole_batch_quantile,
 )
-from orchestrator.cph.api import ApiFamily
 from orchestrator.engine.rate import (
     DEFAULT_REGROWTH_FRACTION_PER_S,
     AdaptiveRate,

@@ -63,9 +63,7 @@ async def test_work_ready_now_always_runs_before_time_moves() -> None:
         links = [asyncio.create_task(link(n)) for n in range(len(events))]
         timeout = asyncio.create_task(clock.sleep(0.001))
         events[0].set()
-        done, _ = await asyncio.wait(
-            [links[-1], timeout], return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait([links[-1], timeout], return_when=asyncio.FIRST_COMPLETED)
         timeout.cancel()
         return "chain" if links[-1] in done else "timeout"
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.cph.client import CphClient
+from orchestrator.cph.api import CphApi
 from orchestrator.cph.errors import (
     ApiError,
     AuthError,
@@ -177,7 +177,7 @@ class RolloutEngine:
         rollout_id: str,
         name: str,
         targets: Sequence[Target],
-        client: CphClient,
+        client: CphApi,
         options: EngineOptions,
         clock: Clock | None = None,
         journal: Journal | None = None,
