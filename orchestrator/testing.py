@@ -143,13 +143,12 @@ class FakeCphApi:
         properties: Mapping[str, str] | None = None,
     ) -> BatchJobsResponse:
         """Restart (or start) phones; ``properties`` maps a phone to a property JSON string."""
-        phones = [
-            {
-                "phone_id": pid,
-                **({"property": properties[pid]} if properties and pid in properties else {}),
-            }
-            for pid in phone_ids
-        ]
+        phones: list[dict[str, str]] = []
+        for phone_id in phone_ids:
+            item = {"phone_id": phone_id}
+            if properties and phone_id in properties:
+                item["property"] = properties[phone_id]
+            phones.append(item)
         body = _as_sent({"phones": phones, **({"image_id": image_id} if image_id else {})})
         request = _Request(
             "RestartCloudPhone", "POST", "/cloud-phone/phones/batch-restart", phone_ids=phone_ids

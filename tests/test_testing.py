@@ -291,6 +291,11 @@ async def _update_then_list(api: CphApi, ids: list[str]) -> object:
     return await api.list_jobs_page([answer.request_id])
 
 
+async def _restart_then_show(api: CphApi, ids: list[str]) -> object:
+    answer = await api.restart_phones(ids[:2], properties={ids[0]: '{"a":"1"}'})
+    return await api.show_job(answer.jobs[0].job_id or "")
+
+
 async def _show_unknown_job(api: CphApi, ids: list[str]) -> object:
     return await api.show_job("e" * 32)
 
@@ -312,6 +317,7 @@ async def _submit_twice(api: CphApi, ids: list[str]) -> object:
 SCENARIOS: list[tuple[str, Scenario, dict[str, Any]]] = [
     ("whole-batch 400", _oversized, {}),
     ("ok answers", _update_then_list, {}),
+    ("restart", _restart_then_show, {}),
     ("unknown job", _show_unknown_job, {}),
     ("missing phone", _show_missing_phone, {}),
     ("bad paging", _bad_paging, {}),
