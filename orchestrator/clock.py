@@ -84,6 +84,16 @@ class FakeClock:
             if not future.done():
                 future.set_result(None)
 
+    def next_deadline(self) -> float | None:
+        """When the earliest task still sleeping on this clock wakes, or None when none sleeps.
+
+        Lets a driver jump time straight to the next thing that can happen
+        (:func:`orchestrator.testing.run_on_fake_clock`).
+        """
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)  # its task was cancelled
+        return self._sleepers[0][0] if self._sleepers else None
+
     @property
     def sleepers(self) -> int:
         """How many tasks are waiting on this clock (lets tests advance only once work is parked)."""

@@ -2,18 +2,20 @@
 
 The engine talks to a real simulator over loopback HTTP with a real :class:`CphClient`, both on the
 real clock; everything that takes time in production (job durations, backoff, first poll) is shrunk
-here so that a rollout of a few hundred phones ends in a second or two.
+here so that a rollout of a few hundred phones ends in a second or two. Targets, the intent
+journal and the end-state checks are shared with the behaviour tests, which run the engine on
+:class:`~orchestrator.testing.FakeCphApi` (:mod:`tests.fake_support`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from orchestrator.clock import SystemClock
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.cph import CphClient, PropertyUpdate, StaticTokenAuth
 from orchestrator.engine.journal import Journal
 from orchestrator.engine.options import EngineOptions
@@ -24,6 +26,7 @@ from orchestrator.plan import DEFAULT_RETRY_CODES, PhoneTarget
 from orchestrator.simulator import (
     PROFILES,
     FaultProfile,
+    SimState,
     SimulatorConfig,
     SimulatorServer,
     apply_overrides,
@@ -32,6 +35,7 @@ from tests.conftest import SimulatorFactory
 
 __all__ = [
     "FAST_JOBS",
+    "Cloud",
     "IntentJournal",
     "Run",
     "assert_end_state",
@@ -123,28 +127,44 @@ def made_up_phone_ids(count: int, *, prefix: str = "f") -> list[str]:
     return [f"{prefix * 8}{n:024x}" for n in range(count)]
 
 
+class Cloud(Protocol):
+    """A simulated account, over HTTP (:class:`SimulatorServer`) or in process (``FakeCphApi``)."""
+
+    @property
+    def state(self) -> SimState: ...
+
+
 @dataclass(slots=True)
 class IntentJournal:
     """A journal that checks, at each intent save, that the phones sent obey the wave order.
 
     The engine saves a batch as ``submitting`` just before sending it, so what this journal sees at
-    that moment is exactly what the engine knew when it chose to send.
+    that moment is exactly what the engine knew when it chose to send. Given the engine's
+    ``clock``, it also notes when each phone was sent (every time) and first saved terminal.
     """
 
     engine: RolloutEngine | None = None
+    clock: Clock | None = None
     saves: int = 0
     sent_order: list[str] = field(default_factory=list)
+    sends: list[tuple[float, str]] = field(default_factory=list)
+    ended_at: dict[str, float] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
     async def save(self, records: Sequence[PhoneRecord]) -> None:
         """Record intents; flag any phone sent while an earlier wave still had a live phone."""
         self.saves += 1
+        now = self.clock.monotonic() if self.clock is not None else 0.0
+        for record in records:
+            if record.state in TERMINAL_STATES:
+                self.ended_at.setdefault(record.phone_id, now)
         sending = [r for r in records if r.state is PhoneState.SUBMITTING]
         if not sending or self.engine is None:
             return
         live_waves = {r.wave for r in self.engine.table if r.state not in TERMINAL_STATES}
         for record in sending:
             self.sent_order.append(record.phone_id)
+            self.sends.append((now, record.phone_id))
             earlier = sorted(w for w in live_waves if w < record.wave)
             if earlier:
                 self.violations.append(
@@ -195,7 +215,7 @@ async def run_rollout(
     return Run(result=result, engine=engine)
 
 
-def assert_end_state(run: Run, sim: SimulatorServer, targets: Sequence[PhoneTarget]) -> None:
+def assert_end_state(run: Run, sim: Cloud, targets: Sequence[PhoneTarget]) -> None:
     """Every phone of the plan ends in exactly one state, and the report agrees with the cloud.
 
     A ``succeeded`` phone holds the desired properties on the simulator; a ``failed`` one carries
@@ -225,7 +245,7 @@ def assert_end_state(run: Run, sim: SimulatorServer, targets: Sequence[PhoneTarg
             raise AssertionError(f"phone {target.phone_id} left {record.state}")
 
 
-def assert_one_request_per_phone(sim: SimulatorServer, *, allowed: Iterable[str] = ()) -> None:
+def assert_one_request_per_phone(sim: Cloud, *, allowed: Iterable[str] = ()) -> None:
     """The simulator never saw a phone in two concurrent requests, nor any other protocol slip."""
     stats = sim.state.stats(include_phones=False)
     assert stats["max_concurrent_requests_per_phone"] <= 1, stats["protocol_violations"][:5]

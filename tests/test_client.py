@@ -425,7 +425,7 @@ async def test_unknown_job_is_a_permanent_error(simulator: SimulatorFactory) -> 
     async with client_for(sim) as client:
         with pytest.raises(PermanentError) as caught:
             await client.show_job("f" * 32)
-    assert (caught.value.status, caught.value.error_code) == (400, "CPS.0004")
+    assert (caught.value.status, caught.value.error_code) == (404, "CPS.0011")
     assert "ShowJob" in str(caught.value)
 
 

@@ -1,8 +1,7 @@
 """Rate budgets and poll timing: the adaptive rate rule, the budget on a fake clock, and when to poll.
 
-``AdaptiveRate`` is driven with explicit ``now`` values; ``Budget`` runs on a :class:`FakeClock` with
-a rate high enough that the wrapped ``asyncio_throttle.Throttler`` (which reads the real clock)
-never has to wait, so nothing here sleeps on the wall clock.
+``AdaptiveRate`` is driven with explicit ``now`` values; ``Budget`` and its throttler run on a
+:class:`FakeClock`, so nothing here sleeps on the wall clock.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import random
 import pytest
 
 from orchestrator.clock import FakeClock
+from orchestrator.cph.api import ApiFamily
 from orchestrator.engine.polling import (
     FIRST_POLL_QUANTILE,
     MIN_SAMPLES_TO_TRUST,
@@ -21,10 +21,16 @@ from orchestrator.engine.polling import (
     PollTiming,
     whole_batch_quantile,
 )
-from orchestrator.engine.rate import DEFAULT_REGROWTH_FRACTION_PER_S, AdaptiveRate, Budget
+from orchestrator.engine.rate import (
+    DEFAULT_REGROWTH_FRACTION_PER_S,
+    AdaptiveRate,
+    Budget,
+    ClockThrottler,
+)
+from orchestrator.testing import run_on_fake_clock
 
 FAST_RATE_PER_S = 1_000_000.0
-"""High enough that the real-clock throttler inside a Budget never blocks a test."""
+"""High enough that the throttler inside a Budget never holds back the tests of other waits."""
 
 # --- AdaptiveRate ----------------------------------------------------------------------------
 
@@ -223,7 +229,9 @@ async def _spin(times: int = 5) -> None:
 
 
 def _budget(clock: FakeClock, *, max_in_flight: int = 2) -> Budget:
-    return Budget("submit", AdaptiveRate(FAST_RATE_PER_S), max_in_flight=max_in_flight, clock=clock)
+    return Budget(
+        ApiFamily.SUBMIT, AdaptiveRate(FAST_RATE_PER_S), max_in_flight=max_in_flight, clock=clock
+    )
 
 
 async def test_acquire_respects_the_in_flight_cap() -> None:
@@ -331,7 +339,7 @@ async def test_on_throttled_counts_every_throttle_but_cuts_once_per_burst() -> N
 async def test_on_success_regrows_the_budgets_rate_on_its_clock() -> None:
     clock = FakeClock()
     budget = Budget(
-        "query",
+        ApiFamily.QUERY,
         AdaptiveRate(FAST_RATE_PER_S, decrease_factor=0.5, regrowth_per_s=1000.0),
         max_in_flight=1,
         clock=clock,
@@ -355,6 +363,70 @@ async def test_pace_waits_for_a_pause_without_taking_a_place() -> None:
     await _spin()
     assert follow_up.done()
     budget.release()
+
+
+# --- pacing on the injected clock ---------------------------------------------------------------
+# run_on_fake_clock raises DeadlockError if anything waits on the real clock (asyncio.sleep with a
+# delay has no fake sleeper), so these runs also prove that the throttler never sleeps for real.
+
+
+async def _acquire_times(budget: Budget, clock: FakeClock, count: int) -> list[float]:
+    times: list[float] = []
+
+    async def take() -> None:
+        for _ in range(count):
+            times.append(await budget.acquire())
+            budget.release()
+
+    await run_on_fake_clock(take(), clock)
+    return times
+
+
+async def test_a_budget_paces_acquisitions_at_its_rate_on_the_fake_clock() -> None:
+    clock = FakeClock()
+    budget = Budget(ApiFamily.SUBMIT, AdaptiveRate(4.0), max_in_flight=1, clock=clock)
+    times = await _acquire_times(budget, clock, 20)
+    assert times == [float(n // 4) for n in range(20)]
+
+
+async def test_a_fractional_rate_is_paced_over_a_shorter_window() -> None:
+    clock = FakeClock()
+    budget = Budget(ApiFamily.QUERY, AdaptiveRate(2.5), max_in_flight=1, clock=clock)
+    times = await _acquire_times(budget, clock, 10)
+    assert times == pytest.approx([0.8 * (n // 2) for n in range(10)])
+    assert len(times) / times[-1] == pytest.approx(10 / 3.2)  # ~2.5/s, never faster
+
+
+async def test_a_rate_cut_slows_the_pacing() -> None:
+    clock = FakeClock(start=100.0)
+    budget = Budget(ApiFamily.SUBMIT, AdaptiveRate(10.0), max_in_flight=1, clock=clock)
+    budget.on_throttled(sent_at=100.0, retry_after_s=None)  # 10/s -> 7/s
+    times = await _acquire_times(budget, clock, 15)
+    assert times == pytest.approx([100.0 + n // 7 for n in range(15)])
+
+
+async def test_concurrent_acquirers_share_the_window() -> None:
+    """Tasks acquiring at once never exceed ``rate_limit`` in any ``period``-long window."""
+    clock = FakeClock()
+    throttler = ClockThrottler(rate_limit=3, period=2.0, clock=clock)
+    times: list[float] = []
+
+    async def one() -> None:
+        await throttler.acquire()
+        times.append(clock.monotonic())
+
+    async def many() -> None:
+        await asyncio.gather(*(one() for _ in range(10)))
+
+    await run_on_fake_clock(many(), clock)
+    assert sorted(times) == [0.0] * 3 + [2.0] * 3 + [4.0] * 3 + [6.0]
+    assert clock.monotonic() == 6.0
+
+
+def test_a_budget_is_named_by_its_family() -> None:
+    budget = Budget(ApiFamily.QUERY, AdaptiveRate(1.0), max_in_flight=1, clock=FakeClock())
+    assert budget.family is ApiFamily.QUERY
+    assert budget.name == "query"
 
 
 # --- DurationEstimator and PollTiming --------------------------------------------------------

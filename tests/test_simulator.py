@@ -99,6 +99,18 @@ async def test_update_property_runs_a_job_then_applies_it(
     }
 
 
+async def test_show_job_of_an_unknown_job_is_404_and_of_a_malformed_id_400(
+    simulator: StartSimulator, http: aiohttp.ClientSession
+) -> None:
+    """A job the account never held (or that vanished) is CPS.0011 with 404, as the docs list it;
+    an ID that cannot be a job's is an invalid parameter."""
+    sim = await simulator(phones=1)
+    status, body = await call(http, "GET", cph(sim, f"jobs/{'f' * 32}"))
+    assert (status, body["error_code"]) == (404, "CPS.0011")
+    status, body = await call(http, "GET", cph(sim, "jobs/not-a-job-id"))
+    assert (status, body["error_code"]) == (400, "CPS.0004")
+
+
 async def test_properties_merge_into_the_phone_detail(
     simulator: StartSimulator, http: aiohttp.ClientSession
 ) -> None:

@@ -3,6 +3,8 @@ adaptive rate that backs off on throttling and regrows on success.
 
 :class:`AdaptiveRate` is the pure rule (multiplicative decrease, additive increase per second, never
 above the configured ceiling); :class:`Budget` applies it to the throttler before each request.
+:class:`ClockThrottler` is the throttler reading the injected :class:`~orchestrator.clock.Clock`, so a
+:class:`~orchestrator.clock.FakeClock` drives the pacing like every other wait.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field
 from asyncio_throttle.throttler import Throttler
 
 from orchestrator.clock import Clock
+from orchestrator.cph.api import ApiFamily
 
-__all__ = ["AdaptiveRate", "Budget"]
+__all__ = ["AdaptiveRate", "Budget", "ClockThrottler"]
 
 DEFAULT_DECREASE_FACTOR = 0.7
 DEFAULT_MIN_RATE_PER_S = 0.2
@@ -26,7 +29,9 @@ DEFAULT_REGROWTH_FRACTION_PER_S = 0.05
 
 Scaling by the level that drew the throttle (not by the ceiling) keeps the probing gentle when the
 server's real limit lies far below the configured ceiling."""
-THROTTLER_POLL_INTERVAL_S = 0.005
+WINDOW_EPSILON_S = 1e-9
+"""Slack when deciding that a request has left the window, so that a sleep computed to end exactly
+at the window's edge is not undone by floating-point rounding (which would spin at the edge)."""
 
 
 @dataclass(slots=True)
@@ -88,17 +93,60 @@ class AdaptiveRate:
         return max(0.0, self.paused_until - now)
 
 
-class Budget:
-    """One API family's allowance: a throttler at the adaptive rate and a cap on requests in flight."""
+class ClockThrottler(Throttler):
+    """``asyncio_throttle.Throttler`` on an injected clock: at most ``rate_limit`` acquisitions in any
+    ``period`` seconds.
 
-    def __init__(self, name: str, rate: AdaptiveRate, *, max_in_flight: int, clock: Clock) -> None:
-        self.name = name
+    The upstream class reads :func:`time.monotonic` and polls with :func:`asyncio.sleep` every
+    ``retry_interval``; this one keeps its sliding window (``_task_logs``, ``rate_limit``,
+    ``period``) but reads :meth:`Clock.monotonic` and sleeps with :meth:`Clock.sleep` exactly until
+    the oldest request leaves the window, so that no time is wasted polling and a fake clock can
+    drive it.
+    """
+
+    def __init__(self, rate_limit: int, period: float, *, clock: Clock) -> None:
+        super().__init__(rate_limit=rate_limit, period=period)
+        self._clock = clock
+
+    def flush(self) -> None:
+        """Forget the requests that have left the window."""
+        now = self._clock.monotonic()
+        logs = self._task_logs
+        while logs and logs[0] + self.period <= now + WINDOW_EPSILON_S:
+            logs.popleft()
+
+    async def acquire(self) -> None:
+        """Wait until the window has room, then take a place in it."""
+        while True:
+            self.flush()
+            if len(self._task_logs) < self.rate_limit:
+                break
+            wait_s = self._task_logs[0] + self.period - self._clock.monotonic()
+            await self._clock.sleep(max(wait_s, WINDOW_EPSILON_S))
+        self._task_logs.append(self._clock.monotonic())
+
+
+class Budget:
+    """One API family's allowance: a throttler at the adaptive rate and a cap on requests in flight.
+
+    ``family`` names it in logs and metrics (``name`` is its string value, ``"submit"`` or
+    ``"query"``).
+    """
+
+    def __init__(
+        self,
+        family: ApiFamily,
+        rate: AdaptiveRate,
+        *,
+        max_in_flight: int,
+        clock: Clock,
+    ) -> None:
+        self.family = family
+        self.name = str(self.family)
         self.rate = rate
         self._clock = clock
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._throttler = Throttler(
-            rate_limit=1, period=1.0, retry_interval=THROTTLER_POLL_INTERVAL_S
-        )
+        self._throttler = ClockThrottler(rate_limit=1, period=1.0, clock=clock)
         self._acquire: Callable[[], Awaitable[None]] = self._throttler.acquire
         self.throttled = 0
         self._apply_rate()

@@ -1,17 +1,14 @@
-"""The aiohttp application: routes, the gateway middleware (auth, throttling, faults) and thin handlers.
+"""The aiohttp application: routes, the gateway middleware and thin handlers.
 
-The middleware plays the API gateway in front of the cloud, in the order a request meets it:
-authentication (401), project check (404), throttling (429), transient gateway errors (5xx, HTML), then
-latency; only then does a handler touch the state. Requests refused on the way have no effect. A submit
-request's phones are counted as in flight from the moment its body is read until its answer is written,
-which is how the stats catch a phone sent in two concurrent requests.
+The middleware puts :class:`~orchestrator.simulator.gateway.Gateway` in front of the handlers
+(authentication, project check, throttling, transient errors, latency, dropped answers; see there).
+A submit request's phones are counted as in flight from the moment its body is read until its
+answer is written, which is how the stats catch a phone sent in two concurrent requests.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,66 +17,45 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from orchestrator.clock import Clock
-from orchestrator.simulator.auth import Authenticator, IamFailure, ReceivedRequest, iam_token_body
+from orchestrator.simulator.auth import IamFailure, ReceivedRequest, iam_token_body
 from orchestrator.simulator.config import SimulatorConfig
-from orchestrator.simulator.ratelimit import TokenBucket
+from orchestrator.simulator.gateway import (
+    OPERATION_FAMILY,
+    QUERY,
+    SUBMIT,
+    Gateway,
+    WireAnswer,
+    cph_answer,
+    error_answer,
+)
 from orchestrator.simulator.state import JobKind, SimState
-from orchestrator.simulator.validation import validate_batch
 from orchestrator.simulator.wire import (
     INVALID_PARAMETER_ERROR_CODE,
     NOT_FOUND_ERROR_CODE,
-    THROTTLED_ERROR_CODE,
     Rejection,
     format_iam_time,
 )
 
 __all__ = ["OPERATION_FAMILY", "QUERY", "SUBMIT", "SimulatorApp"]
 
-SUBMIT = "submit"
-QUERY = "query"
-OPERATION_FAMILY = {
-    "UpdateCloudPhoneProperty": SUBMIT,
-    "RestartCloudPhone": SUBMIT,
-    "ShowJob": QUERY,
-    "ListJobs": QUERY,
-    "ListCloudPhones": QUERY,
-    "ShowCloudPhoneDetail": QUERY,
-}
-"""Each CPH operation and the gateway budget (API family) it draws from."""
-
 CONTROL_OPERATIONS = frozenset({"SimStats", "SimResetStats"})
 """Simulator control routes, left out of the request counts they report."""
-
-DEFAULT_GATEWAY_LIMIT_PER_S = 200
-"""The gateway's documented default per-API limit, quoted in 429 messages when no bucket is set."""
 
 REQUEST_ID = web.RequestKey("sim_request_id", str)
 BODY_JSON = web.RequestKey("sim_body_json", object)
 _UNREADABLE = object()
 
-_HTML_ERRORS = {502: "Bad Gateway", 503: "Service Temporarily Unavailable"}
 
-
-def _html_error(status: int) -> web.Response:
-    title = f"{status} {_HTML_ERRORS[status]}"
-    text = (
-        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
-        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+def _response(answer: WireAnswer) -> web.Response:
+    response = web.Response(
+        status=answer.status, body=answer.body, content_type=answer.content_type
     )
-    return web.Response(status=status, text=text, content_type="text/html")
+    response.headers.update(answer.headers)
+    return response
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
-
-
-def _error(rejection: Rejection, request_id: str) -> web.Response:
-    body = {
-        "request_id": request_id,
-        "error_code": rejection.error_code,
-        "error_msg": rejection.error_msg,
-    }
-    return _json(rejection.status, body)
 
 
 def _decode_json(raw: bytes) -> object:
@@ -99,22 +75,15 @@ def _batch_phone_ids(body: object) -> list[str]:
 
 
 class SimulatorApp:
-    """Wires a :class:`SimState` and an :class:`Authenticator` to HTTP."""
+    """Wires a :class:`SimState` behind a :class:`Gateway` to HTTP."""
 
     def __init__(self, state: SimState, config: SimulatorConfig, clock: Clock) -> None:
         self.state = state
         self.config = config
         self.clock = clock
-        self.auth = Authenticator(config, clock)
+        self.gateway = Gateway(config, clock, state.counters)
+        self.auth = self.gateway.auth
         self.profile = config.profile
-        self._faults = random.Random(f"{config.seed}:faults")
-        self._buckets = {
-            SUBMIT: self._bucket(config.submit_rate_per_s),
-            QUERY: self._bucket(config.query_rate_per_s),
-        }
-
-    def _bucket(self, rate_per_s: float | None) -> TokenBucket | None:
-        return TokenBucket(rate_per_s, self.clock) if rate_per_s else None
 
     def build(self) -> web.Application:
         """The ``aiohttp`` application serving the CPH, IAM and ``/_sim`` routes."""
@@ -167,7 +136,7 @@ class SimulatorApp:
             rejection = Rejection(
                 status, NOT_FOUND_ERROR_CODE, "The API does not exist or has not been published."
             )
-            return _error(rejection, request[REQUEST_ID])
+            return _response(error_answer(rejection, request[REQUEST_ID]))
         family = OPERATION_FAMILY.get(operation)
         if family is None:
             return await handler(request)
@@ -185,88 +154,31 @@ class SimulatorApp:
     async def _guarded(
         self, request: web.Request, handler: Handler, family: str, body: bytes
     ) -> web.StreamResponse:
-        refusal = self._gate(request, family, body)
+        project_id = request.match_info.get("project_id")
+        refusal = self.gateway.check(
+            _received(request, body), project_id, family, request[REQUEST_ID]
+        )
         if refusal is not None:
-            return refusal
-        if self._chance(self.profile.latency_spike_rate):
-            self.state.counters.events["latency_spikes"] += 1
-            await self.clock.sleep(self.profile.latency_spike.sample(self._faults))
+            return _response(refusal)
+        spike_s = self.gateway.latency_spike_s()
+        if spike_s > 0.0:
+            await self.clock.sleep(spike_s)
         response = await handler(request)
-        if (
-            family == SUBMIT
-            and response.status == 200
-            and self._chance(self.profile.drop_after_apply_rate)
-        ):
+        if self.gateway.drops_answer(family, response.status):
             self._drop(request)
         return response
 
-    def _gate(self, request: web.Request, family: str, body: bytes) -> web.StreamResponse | None:
-        """The answer of a request stopped before the cloud: 401, 404, 429 or a 5xx."""
-        request_id = request[REQUEST_ID]
-        rejection = self.auth.check(_received(request, body))
-        if rejection is None and request.match_info.get("project_id") != self.config.project_id:
-            rejection = Rejection(
-                404, NOT_FOUND_ERROR_CODE, "The project in the URL does not exist."
-            )
-        if rejection is not None:
-            self.state.counters.events[
-                "auth_failures" if rejection.status == 401 else "not_found"
-            ] += 1
-            return _error(rejection, request_id)
-        throttled = self._throttle(family, request_id)
-        if throttled is not None:
-            return throttled
-        if self._chance(self.profile.transient_error_rate):
-            self.state.counters.events["transient_errors"] += 1
-            return _html_error(self._faults.choice((502, 503)))
-        return None
-
-    def _throttle(self, family: str, request_id: str) -> web.Response | None:
-        bucket = self._buckets[family]
-        if self._chance(self.profile.extra_throttle_rate):
-            wait_s = 1.0
-        elif bucket is not None:
-            wait_s = bucket.try_acquire()
-            if wait_s <= 0.0:
-                return None
-        else:
-            return None
-        self.state.counters.throttled[family] += 1
-        limit = int(bucket.rate_per_s) if bucket is not None else DEFAULT_GATEWAY_LIMIT_PER_S
-        msg = (
-            "The throttling threshold has been reached: "
-            f"policy user over ratelimit,limit:{max(1, limit)},time:1 second"
-        )
-        response = _json(
-            429, {"error_code": THROTTLED_ERROR_CODE, "error_msg": msg, "request_id": request_id}
-        )
-        if self._chance(self.profile.retry_after_fraction):
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
-        return response
-
-    def _drop(self, request: web.Request) -> None:
+    @staticmethod
+    def _drop(request: web.Request) -> None:
         """Close the connection with no answer although the jobs were created (outcome unknown)."""
-        transport = request.transport
-        if transport is not None:
-            self.state.counters.events["connections_dropped"] += 1
-            transport.close()
-
-    def _chance(self, rate: float) -> bool:
-        if rate <= 0.0:
-            return False
-        return rate >= 1.0 or self._faults.random() < rate
+        if request.transport is not None:
+            request.transport.close()
 
     # -- CPH handlers ----------------------------------------------------------------------------
 
     def _answer(self, request: web.Request, result: dict[str, Any] | Rejection) -> web.Response:
-        request_id = request[REQUEST_ID]
-        if isinstance(result, Rejection):
-            if result.violation is not None:
-                self.state.counters.violation(
-                    result.violation, f"{request.method} {request.rel_url}: {result.error_msg}"
-                )
-            return _error(result, request_id)
-        return _json(200, {"request_id": request_id, **result})
+        where = f"{request.method} {request.rel_url}"
+        return _response(cph_answer(self.state.counters, result, request[REQUEST_ID], where))
 
     async def _submit(self, request: web.Request, kind: JobKind) -> web.Response:
         body = request[BODY_JSON]
@@ -278,13 +190,7 @@ class SimulatorApp:
                 "malformed_request",
             )
             return self._answer(request, rejection)
-        items = validate_batch(
-            body, max_batch=self.config.max_batch, property_required=kind is JobKind.PROPERTY
-        )
-        if isinstance(items, Rejection):
-            return self._answer(request, items)
-        jobs = self.state.submit(items, request[REQUEST_ID], kind)
-        return self._answer(request, {"jobs": jobs})
+        return self._answer(request, self.state.submit_body(body, request[REQUEST_ID], kind))
 
     async def update_property(self, request: web.Request) -> web.Response:
         """UpdateCloudPhoneProperty: ``POST …/phones/batch-update-property``."""

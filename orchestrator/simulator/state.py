@@ -28,7 +28,12 @@ from orchestrator.simulator.fleet import (
     hex_id,
 )
 from orchestrator.simulator.stats import SimStats
-from orchestrator.simulator.validation import BatchItem, parse_paging, valid_phone_id
+from orchestrator.simulator.validation import (
+    BatchItem,
+    parse_paging,
+    valid_phone_id,
+    validate_batch,
+)
 from orchestrator.simulator.wire import (
     BUSY_ERROR_CODE,
     BUSY_ERROR_MSG,
@@ -38,6 +43,8 @@ from orchestrator.simulator.wire import (
     INVALID_PROPERTY_MSG,
     INVALID_STATUS_ERROR_CODE,
     JOB_FAILED,
+    JOB_NOT_FOUND_ERROR_CODE,
+    JOB_NOT_FOUND_MSG,
     JOB_RUNNING,
     JOB_SUCCEEDED,
     PHONE_NOT_FOUND_ERROR_CODE,
@@ -206,6 +213,16 @@ class SimState:
 
     # -- submitting ------------------------------------------------------------------------------
 
+    def submit_body(self, body: Any, request_id: str, kind: JobKind) -> dict[str, Any] | Rejection:
+        """A batch request's answer from its decoded JSON body: validated as a whole, then one job
+        (or per-phone error) per phone."""
+        items = validate_batch(
+            body, max_batch=self.config.max_batch, property_required=kind is JobKind.PROPERTY
+        )
+        if isinstance(items, Rejection):
+            return items
+        return {"jobs": self.submit(items, request_id, kind)}
+
     def submit(
         self, items: list[BatchItem], request_id: str, kind: JobKind
     ) -> list[dict[str, Any]]:
@@ -302,11 +319,17 @@ class SimState:
     # -- jobs queries ----------------------------------------------------------------------------
 
     def show_job(self, job_id: str) -> dict[str, Any] | Rejection:
-        """ShowJob's body (empty error fields are ``null``, as in the doc example)."""
+        """ShowJob's body (empty error fields are ``null``, as in the doc example).
+
+        A malformed ID is a 400 CPS.0004; a well-formed one the account does not hold is a 404
+        CPS.0011, the answer for a job that vanished.
+        """
+        if not valid_phone_id(job_id):  # job IDs have the shape of phone IDs
+            return Rejection(400, INVALID_PARAMETER_ERROR_CODE, "Parameter: job_id is invalid.")
         self.settle()
         job = self.jobs.get(job_id)
         if job is None:
-            return Rejection(400, INVALID_PARAMETER_ERROR_CODE, "Parameter: job_id is invalid.")
+            return Rejection(404, JOB_NOT_FOUND_ERROR_CODE, JOB_NOT_FOUND_MSG)
         return _job_view(job, empty=None)
 
     def list_jobs(self, query: dict[str, str]) -> dict[str, Any] | Rejection:

@@ -22,6 +22,7 @@ __all__ = [
     "INVALID_PARAMETER_ERROR_CODE",
     "INVALID_STATUS_ERROR_CODE",
     "JOB_FAILED",
+    "JOB_NOT_FOUND_ERROR_CODE",
     "JOB_RUNNING",
     "JOB_SUCCEEDED",
     "PHONE_NOT_FOUND_ERROR_CODE",
@@ -44,6 +45,9 @@ INTERNAL_ERROR_CODE = "CPS.0003"
 INTERNAL_ERROR_MSG = "service internal error, try again later"
 BAD_PAGING_ERROR_CODE = "CPS.0002"
 EMPTY_LIST_ERROR_CODE = "CPS.0009"
+JOB_NOT_FOUND_ERROR_CODE = "CPS.0011"
+"""ShowJob of a job ID the account does not hold: HTTP 404 (cph-api.md §4)."""
+JOB_NOT_FOUND_MSG = "The job does not exist."
 INVALID_STATUS_ERROR_CODE = "CPS.0010"
 BATCH_TOO_LARGE_ERROR_CODE = "CPS.0024"
 """Placeholder: the real answer to an oversized batch is undocumented (cph-api.md §5, UNCONFIRMED);
