@@ -304,7 +304,8 @@ def test_a_reused_id_exits_3_and_sends_nothing(finished: Finished, sim: Simulato
 # -- one runner per rollout ---------------------------------------------------------------------------
 
 LEASE_REFUSAL = re.compile(
-    r"rollout busy is being run by (?P<host>[^:\s]+):(?P<pid>\d+):\w+; its lease expires at \S+"
+    r"rollout busy is being run by (?P<host>[^:\s]+):(?P<pid>\d+):(?:\d+:)?\w+;"
+    r" its lease expires at \S+"
 )
 
 

@@ -98,7 +98,7 @@ async def test_a_lease_taken_by_another_runner_is_reported_once_and_renewal_stop
     async with held_lease(store, ROLLOUT_ID, on_lost=on_lost, clock=clock) as owner:
         await renewer_started(clock)
         # Another runner gets in between two renewals.
-        await store.release_lease(ROLLOUT_ID, owner=owner)
+        await store.release_lease(ROLLOUT_ID, owner=owner.owner)
         await store.acquire_lease(ROLLOUT_ID, owner=OTHER_RUNNER, ttl_s=30)
         clock.advance(LEASE_RENEW_S)
         await asyncio.wait_for(told.wait(), HANG_GUARD_S)

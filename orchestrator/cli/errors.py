@@ -14,7 +14,6 @@ from typing import ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
-from orchestrator.cph.errors import ApiError
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.rollouts.outcome import ExitCode
 
@@ -42,11 +41,8 @@ def exit_on_errors(command: Callable[P, R]) -> Callable[P, R]:
         except ValidationError as exc:
             click.echo(f"error: {_validation_message(exc)}", err=True)
             sys.exit(ExitCode.INVALID_INPUT)
-        except ApiError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(ExitCode.API_FATAL)
         except OrchestratorError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(ExitCode.INVALID_INPUT)
+            sys.exit(exc.exit_code)
 
     return wrapper

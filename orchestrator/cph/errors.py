@@ -13,9 +13,9 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ExitCode, OrchestratorError
 
 __all__ = [
     "THROTTLE_CODES",
@@ -38,6 +38,8 @@ _BODY_EXCERPT_CHARS = 200
 
 class ApiError(OrchestratorError):
     """The CPH API (or the network in front of it) did not do what was asked."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.API_FATAL
 
     def __init__(
         self,

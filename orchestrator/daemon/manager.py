@@ -99,6 +99,8 @@ class _Run:
     task: asyncio.Task[None] | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
     stop_reason: str | None = None
+    calls_before: Mapping[str, int] = field(default_factory=dict)
+    """The journal's call totals when this run started (the run's own calls are added live)."""
 
     def stop(self, reason: str) -> None:
         """Stop submitting (now, or as soon as the engine exists)."""
@@ -197,7 +199,7 @@ class RolloutManager:
         prepare: Prepare,
         calls_before: Mapping[str, int],
     ) -> None:
-        run = _Run(rollout_id, client)
+        run = _Run(rollout_id, client, calls_before=calls_before)
         self._runs[rollout_id] = run
         drive = self._drive(run, name, options, prepare, calls_before)
         run.task = asyncio.create_task(drive, name=f"rollout {rollout_id}")
@@ -278,7 +280,7 @@ class RolloutManager:
         live = dataclasses.replace(
             meta,
             counts={state: snapshot[state] for state in PhoneState},
-            api_calls=merged_calls(meta.api_calls, engine.api_calls()),
+            api_calls=merged_calls(run.calls_before, engine.api_calls()),
         )
         rate = {
             key: snapshot[key]

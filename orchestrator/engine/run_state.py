@@ -25,7 +25,7 @@ from orchestrator.engine.journal import Journal
 from orchestrator.engine.options import EngineOptions
 from orchestrator.engine.rate import Budget
 from orchestrator.engine.states import PhoneRecord, PhoneState, StateTable
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import FencedError, OrchestratorError
 
 __all__ = [
     "PhoneOutcomes",
@@ -145,13 +145,18 @@ class RunState:
         self.check_done()
 
     async def persist(self, records: Sequence[PhoneRecord]) -> bool:
-        """Journal these records; on failure stop the rollout (nothing unrecorded is sent)."""
+        """Journal these records; on failure stop the rollout (nothing unrecorded is sent).
+
+        Called with no records too: the journal then records only the API calls made since
+        its last write, so the rollout's call counts survive a crash.
+        """
         try:
             await self.journal.save(records)
         except OrchestratorError as error:
             if self.stop is not StopKind.FATAL:
                 log.error("journal.failed", error=str(error), phones=len(records))
-                self.stop_fatal(f"the journal cannot be written: {error}")
+                fenced = isinstance(error, FencedError)
+                self.stop_fatal(str(error) if fenced else f"the journal cannot be written: {error}")
             return False
         return True
 

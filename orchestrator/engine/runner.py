@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -36,7 +36,14 @@ from orchestrator.engine.submitter import Submitter
 from orchestrator.engine.tracker import Tracker
 from orchestrator.plan import wave_sizes
 
-__all__ = ["Budgets", "RolloutEngine", "RolloutResult", "RolloutStatus", "Target"]
+__all__ = [
+    "Budgets",
+    "RolloutEngine",
+    "RolloutResult",
+    "RolloutStatus",
+    "Target",
+    "summarize_calls",
+]
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -240,6 +247,12 @@ class RolloutEngine:
         self._run.set_stop(StopKind.INTERRUPT, reason)
         self._grace = asyncio.create_task(self._grace_timer(), name="grace")
 
+    def halt(self, reason: str) -> None:
+        """Stop at once, sending and tracking nothing more (the lease was lost to another
+        runner, which carries on from the journal)."""
+        if self._run.stop is not StopKind.FATAL:
+            self._run.stop_fatal(reason)
+
     def cancel(self, reason: str = "cancelled") -> None:
         """Abort on request: as the abort gate does."""
         self._abort(reason)
@@ -409,14 +422,7 @@ class RolloutEngine:
 
     def api_calls(self) -> dict[str, int]:
         """Calls by family, as the report shows them."""
-        calls = self._client.calls
-        by_family = {
-            str(family): sum(n for key, n in calls.items() if key.startswith(f"{family}."))
-            for family in ApiFamily
-        }
-        return by_family | {
-            "throttled": sum(n for key, n in calls.items() if key.endswith(".throttled"))
-        }
+        return summarize_calls(self._client.calls)
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
         """Stop the loops; let in-flight work finish its journal writes for a moment, then cancel.
@@ -467,3 +473,15 @@ class RolloutEngine:
         if counts["failed"]:
             return RolloutStatus.COMPLETED_WITH_FAILURES
         return RolloutStatus.SUCCEEDED
+
+
+def summarize_calls(calls: Mapping[str, int]) -> dict[str, int]:
+    """A client's call counter (``"submit.ok"``, ``"query.throttled"`` …) as the report shows it:
+    calls per API family, and how many of them were throttled."""
+    by_family = {
+        str(family): sum(n for key, n in calls.items() if key.startswith(f"{family}."))
+        for family in ApiFamily
+    }
+    return by_family | {
+        "throttled": sum(n for key, n in calls.items() if key.endswith(".throttled"))
+    }

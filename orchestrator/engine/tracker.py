@@ -165,6 +165,8 @@ class Tracker:
             if isinstance(error, AuthError):
                 log.error("api.error", fatal=True, phones=0, **error.log_fields())
                 self._run.stop_fatal(str(error))
+            else:
+                await self._run.persist([])  # the failed call is counted in the journal
             return
         finally:
             self._query.release()
@@ -215,8 +217,7 @@ class Tracker:
             self._after_poll(request_id, now)
             if track is not None:
                 track.last_polled_at = now
-        if changed:
-            await self._run.persist(changed)
+        await self._run.persist(changed)  # also when nothing changed: the poll's calls count
         if finished["succeeded"] or finished["failed"]:
             log.info("jobs.finished", request_ids=request_ids, **finished)
         self._run.check_done()

@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,13 +21,19 @@ from pathlib import Path
 import structlog
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.cph.client import CphClient
+from orchestrator.cph.api import CphApi
 from orchestrator.cph.models import PropertyUpdate
 from orchestrator.engine.journal import Journal
 from orchestrator.engine.options import EngineOptions, options_to_data
-from orchestrator.engine.runner import Budgets, RolloutEngine, RolloutResult, Target
+from orchestrator.engine.runner import (
+    Budgets,
+    RolloutEngine,
+    RolloutResult,
+    Target,
+    summarize_calls,
+)
 from orchestrator.engine.states import LIVE_STATES, PhoneRecord
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, FencedError
 from orchestrator.store.base import (
     LeaseHeldError,
     RolloutMeta,
@@ -38,6 +41,7 @@ from orchestrator.store.base import (
     StoredPhone,
     StoreError,
 )
+from orchestrator.store.lease import LeaseToken, new_owner
 
 __all__ = [
     "FINISHED_STATUSES",
@@ -52,7 +56,6 @@ __all__ = [
     "create_rollout",
     "ended",
     "held_lease",
-    "lease_owner",
     "load_for_resume",
     "merged_calls",
     "open_store",
@@ -79,20 +82,47 @@ class JournalTarget:
 
 
 class StoreJournal:
-    """The engine's journal, written to one rollout of a store."""
+    """The engine's journal, written to one rollout of a store under the runner's lease.
 
-    def __init__(self, store: RolloutStore, rollout_id: str) -> None:
+    Every save is fenced by the lease token (a runner that lost its lease writes nothing more)
+    and carries the API calls made since the previous save, so the rollout's call counts are
+    journaled with the work they did and survive a crash (``calls`` is the client's live
+    counter, read at each save).
+    """
+
+    def __init__(
+        self,
+        store: RolloutStore,
+        rollout_id: str,
+        *,
+        fence: LeaseToken | None = None,
+        calls: Mapping[str, int] | None = None,
+    ) -> None:
         self._store = store
         self._rollout_id = rollout_id
+        self._fence = fence
+        self._calls = calls
+        self._journaled: dict[str, int] = {}
 
     async def save(self, records: Sequence[PhoneRecord]) -> None:
-        """Write the records in one transaction."""
-        await self._store.save(self._rollout_id, records)
+        """Write the records and the calls made since the last save in one transaction."""
+        delta = self._unjournaled_calls()
+        if not records and not delta:
+            return
+        await self._store.save(self._rollout_id, records, fence=self._fence, api_calls=delta)
 
+    def _unjournaled_calls(self) -> dict[str, int]:
+        """Calls made since the last save, counted as journaled from now on.
 
-def lease_owner() -> str:
-    """``host:pid:random``: lets the store tell a live runner from a crashed one."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        Taken before the write is awaited, so that concurrent saves never count a call twice;
+        a save that fails stops the run, and the run's end records the totals again.
+        """
+        if self._calls is None:
+            return {}
+        now = summarize_calls(self._calls)
+        delta = {key: n - self._journaled.get(key, 0) for key, n in now.items()}
+        self._journaled = now
+        return {key: n for key, n in delta.items() if n}
 
 
 async def open_store(path: Path, *, read_only: bool = False) -> RolloutStore:
@@ -205,18 +235,19 @@ async def held_lease(
     *,
     on_lost: Callable[[str], None],
     clock: Clock | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[LeaseToken]:
     """Hold the rollout's lease while the block runs, renewing it on ``clock``; release it after.
 
-    ``on_lost`` hears why when a renewal finds that another runner has taken the lease.
+    Yields the token that fences the holder's writes. ``on_lost`` hears why when a renewal
+    finds that another runner has taken the lease.
     """
-    owner = lease_owner()
-    await store.acquire_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
+    owner = new_owner()
+    token = await store.acquire_lease(rollout_id, owner=owner, ttl_s=LEASE_TTL_S)
     renewer = asyncio.create_task(
         _renew_forever(store, rollout_id, owner, on_lost, clock or SystemClock())
     )
     try:
-        yield owner
+        yield token
     finally:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -251,7 +282,8 @@ def merged_calls(*counters: Mapping[str, int]) -> dict[str, int]:
 
 
 class _StopOnLeaseLoss:
-    """Stops the engine once it exists if the lease is lost (another runner took over)."""
+    """Halts the engine once it exists if the lease is lost (another runner took over): it
+    must send nothing more, and its writes are refused by the fence anyway."""
 
     def __init__(self) -> None:
         self.engine: RolloutEngine | None = None
@@ -259,7 +291,7 @@ class _StopOnLeaseLoss:
     def __call__(self, reason: str) -> None:
         log.error("journal.failed", error=reason, phones=0)
         if self.engine is not None:
-            self.engine.request_stop(reason)
+            self.engine.halt(reason)
 
 
 Prepare = Callable[[], Awaitable[tuple[Sequence[Target], list[PhoneRecord]]]]
@@ -275,7 +307,7 @@ async def run_journaled(
     name: str,
     prepare: Prepare,
     options: EngineOptions,
-    client: CphClient,
+    client: CphApi,
     drive: Drive,
     calls_before: Mapping[str, int] | None = None,
     budgets: Budgets | None = None,
@@ -287,9 +319,9 @@ async def run_journaled(
     phones between our read and our first write. ``clock`` paces the lease's renewals.
     """
     on_lost = _StopOnLeaseLoss()
-    async with held_lease(store, rollout_id, on_lost=on_lost, clock=clock):
+    async with held_lease(store, rollout_id, on_lost=on_lost, clock=clock) as fence:
         targets, records = await prepare()
-        journal: Journal = StoreJournal(store, rollout_id)
+        journal: Journal = StoreJournal(store, rollout_id, fence=fence, calls=client.calls)
         engine = RolloutEngine(
             rollout_id=rollout_id,
             name=name,
@@ -305,10 +337,18 @@ async def run_journaled(
         calls = merged_calls(calls_before or {}, result.api_calls)
         try:
             await store.update_rollout(
-                rollout_id, status=str(result.status), reason=result.reason, api_calls=calls
+                rollout_id,
+                status=str(result.status),
+                reason=result.reason,
+                api_calls=calls,
+                fence=fence,
             )
         except StoreError as error:
             log.error("journal.failed", error=str(error), phones=0)
-            reason = f"the journal cannot be written: {error}"
+            reason = str(error) if isinstance(error, FencedError) else _unwritable(error)
             return dataclasses.replace(result, fatal=True, reason=result.reason or reason)
-    return result
+    return dataclasses.replace(result, api_calls=calls)
+
+
+def _unwritable(error: StoreError) -> str:
+    return f"the journal cannot be written: {error}"

@@ -8,22 +8,10 @@ live beside the rollouts rather than in the command line so that anything that r
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from orchestrator.engine.runner import RolloutResult, RolloutStatus
+from orchestrator.errors import ExitCode
 
 __all__ = ["ExitCode", "exit_code_for"]
-
-
-class ExitCode(IntEnum):
-    """Process exit codes other tools rely on."""
-
-    SUCCEEDED = 0
-    FAILED_PHONES = 1
-    ABORTED = 2
-    INVALID_INPUT = 3
-    API_FATAL = 4
-    INTERRUPTED = 130
 
 
 def exit_code_for(result: RolloutResult) -> ExitCode:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from orchestrator.engine.states import PhoneRecord, PhoneState
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import FencedError, OrchestratorError
 from orchestrator.store.lease import LeaseToken
 
 __all__ = [
@@ -54,8 +54,10 @@ class LeaseHeldError(StoreError):
     """Another live process is running this rollout."""
 
 
-class LeaseLostError(LeaseHeldError):
+class LeaseLostError(LeaseHeldError, FencedError):
     """Our lease was taken over by another runner: we must not write or send anything more."""
+
+    exit_code = FencedError.exit_code
 
 
 class StoredPhone(NamedTuple):
