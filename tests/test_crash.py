@@ -32,6 +32,10 @@ import pytest
 from pydantic import SecretStr
 
 from orchestrator.cph import CphClient, StaticTokenAuth
+from orchestrator.engine.options import (
+    DEFAULT_MAX_QUERIES_IN_FLIGHT,
+    DEFAULT_MAX_SUBMITS_IN_FLIGHT,
+)
 from orchestrator.engine.runner import RolloutEngine
 from orchestrator.engine.states import PhoneRecord, PhoneState
 from orchestrator.rollouts.execute import resume_rollout
@@ -40,6 +44,7 @@ from orchestrator.rollouts.outcome import ExitCode, exit_code_for
 from orchestrator.rollouts.prepare import Overrides
 from orchestrator.rollouts.report import write_result_report
 from orchestrator.settings import CphSettings, RolloutSettings, Settings
+from orchestrator.simulator.gateway import OPERATION_FAMILY
 from orchestrator.store.base import RolloutMeta
 from orchestrator.store.sqlite import SqliteStore
 from tests.conftest import SimulatorFactory
@@ -164,6 +169,7 @@ def test_sigkilled_rollout_resumes_without_losing_a_phone(tmp_path: Path) -> Non
         )
         fleet = sim.phone_ids()
         assert len(fleet) == CRASH_FLEET
+        calls_before_rollout = cloud_calls(sim.stats())  # the test's own ListCloudPhones
         plan = tmp_path / "plan.json"
         plan.write_text(
             plan_json("crash", fleet, properties=CRASH_PROPERTIES, policy=CRASH_POLICY),
@@ -202,6 +208,12 @@ def test_sigkilled_rollout_resumes_without_losing_a_phone(tmp_path: Path) -> Non
     assert stats["max_concurrent_requests_per_phone"] <= 1, stats["protocol_violations"][:5]
     assert stats["protocol_violation_count"] == 0, stats["protocol_violations"][:5]
 
+    seen = cloud_calls(stats)
+    unseen = {family: seen[family] - calls_before_rollout[family] for family in seen}
+    for family, reported in ((f, report["api_calls"][f]) for f in ("submit", "query")):
+        lost = unseen[family] - reported  # calls in flight at a kill were never journaled
+        assert 0 <= lost <= KILLS * MAX_REQUESTS_IN_FLIGHT, (family, unseen, report["api_calls"])
+
     in_flight = [len(kill.submitting) for kill in kills]
     print(
         f"\ncrash test: {len(fleet)} phones, {len(kills)} SIGKILLs after {[k.lines_read for k in kills]}"
@@ -209,6 +221,20 @@ def test_sigkilled_rollout_resumes_without_losing_a_phone(tmp_path: Path) -> Non
         f" extra submissions {extra} <= {sum(in_flight)};"
         f" counts {report['counts']}; {elapsed_s:.1f} s"
     )
+
+
+MAX_REQUESTS_IN_FLIGHT = DEFAULT_MAX_SUBMITS_IN_FLIGHT + DEFAULT_MAX_QUERIES_IN_FLIGHT
+"""Requests a runner may have sent but not yet journaled when it is killed."""
+
+
+def cloud_calls(stats: Mapping[str, Any]) -> dict[str, int]:
+    """Requests the simulated cloud received, per API family, as the report counts them."""
+    calls = {"submit": 0, "query": 0}
+    for operation, count in stats["requests"].items():
+        family = OPERATION_FAMILY.get(operation)
+        if family is not None:
+            calls[str(family)] += count
+    return calls
 
 
 def assert_every_phone_accounted_for(
