@@ -272,6 +272,7 @@ def _dropped(request: _Request) -> TransientError:
         operation=request.operation,
         error_msg=reason,
         outcome_unknown=request.method != "GET",
+        unreachable=True,
     )
 
 

@@ -351,3 +351,37 @@ def test_one_runner_per_rollout_and_a_killed_runner_is_taken_over_at_once(
     report = read_report(tmp_path / "busy.json")
     assert [p["phone_id"] for p in report["phones"]] == fleet
     assert {p["state"] for p in report["phones"]} == {"succeeded"}
+
+
+# -- the cloud out of reach --------------------------------------------------------------------------
+
+
+def _refusing_url() -> str:
+    """A loopback address where nothing listens: every connection is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_an_unreachable_cloud_interrupts_the_run_and_resume_completes_it(
+    tmp_path: Path, sim: Simulator, pool: PhonePool
+) -> None:
+    fleet = pool.take(40)
+    policy = {**FAIL_FAST, "backoff_base_s": 0.01, "backoff_cap_s": 0.05}
+    down = Workspace(tmp_path, write_settings(tmp_path, _refusing_url()), tmp_path / "j.sqlite")
+    cut_off = down.run("rollout", down.plan("down", fleet, policy), "--id", "down")
+
+    assert cut_off.returncode == 4, cut_off.stderr[-3000:]
+    assert "cannot be reached" in cut_off.stderr
+    kept = json.loads(down.run("report", "down", "--format", "json").stdout)
+    assert kept["status"] == "interrupted"
+    assert {p["state"] for p in kept["phones"]} <= {"pending", "retry_wait"}  # not failed
+    assert {p["attempts"] for p in kept["phones"]} == {0}
+
+    write_settings(tmp_path, sim.url)
+    resumed = down.run("resume", "down", "--report", "down.json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    report = read_report(tmp_path / "down.json")
+    assert {p["state"] for p in report["phones"]} == {"succeeded"}
+    assert {p["attempts"] for p in report["phones"]} == {1}

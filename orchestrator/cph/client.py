@@ -339,6 +339,7 @@ def _transport_error(exc: BaseException, operation: str, method: str) -> Transie
         operation=operation,
         error_msg=str(exc),
         outcome_unknown=unknown,
+        unreachable=True,
     )
 
 

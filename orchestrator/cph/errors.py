@@ -102,11 +102,21 @@ class AuthError(ApiError):
 class TransientError(ApiError):
     """5xx, timeouts, dropped connections: resending may work.
 
-    ``outcome_unknown`` is true when the request may have taken effect (a POST whose answer was lost).
+    ``outcome_unknown`` is true when the request may have taken effect (a POST whose answer was
+    lost). ``unreachable`` is true when no HTTP answer came back at all (connection refused, DNS,
+    a timeout or a connection closed before the answer): the cloud may not be reachable.
     """
 
-    def __init__(self, message: str = "", *, outcome_unknown: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        outcome_unknown: bool = False,
+        unreachable: bool = False,
+        **kw: Any,
+    ) -> None:
         self.outcome_unknown = outcome_unknown
+        self.unreachable = unreachable
         super().__init__(message, **kw)
 
 

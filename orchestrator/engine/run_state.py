@@ -28,6 +28,8 @@ from orchestrator.engine.states import PhoneRecord, PhoneState, StateTable
 from orchestrator.errors import FencedError, OrchestratorError
 
 __all__ = [
+    "MIN_REQUEST_FAILURES",
+    "REQUEST_FAILURES_PER_ATTEMPT",
     "PhoneOutcomes",
     "Progress",
     "RunState",
@@ -37,6 +39,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger("orchestrator.engine")
+
+MIN_REQUEST_FAILURES = 6
+REQUEST_FAILURES_PER_ATTEMPT = 2
+"""Whole-request failures a phone may see, per attempt it is allowed, before it fails; as many
+requests in a row without any answer mean the cloud cannot be reached, and the run stops."""
 
 
 class StopKind(StrEnum):
@@ -108,6 +115,11 @@ class RunState:
         self.wake_submit = asyncio.Event()
         self.wake_track = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.max_request_failures = max(
+            MIN_REQUEST_FAILURES, REQUEST_FAILURES_PER_ATTEMPT * options.retry.max_attempts
+        )
+        self.unanswered_in_a_row = 0
+        """Requests in a row that got no HTTP answer at all; any answer resets it."""
 
     @property
     def stopping(self) -> bool:
@@ -125,6 +137,28 @@ class RunState:
         """Stop the run at once: nothing more can be done."""
         self.set_stop(StopKind.FATAL, reason)
         self.finished.set()
+
+    def note_answered(self) -> None:
+        """A request got an HTTP answer (any status): the cloud is reachable."""
+        self.unanswered_in_a_row = 0
+
+    def note_unanswered(self, error: ApiError) -> bool:
+        """A request got no answer at all; True (and the run stopped) when the cloud has been
+        unreachable for too many requests in a row.
+
+        Phones keep their state: a network that is down is not a phone failure, and the
+        rollout stays resumable once the cloud can be reached again.
+        """
+        self.unanswered_in_a_row += 1
+        if self.unanswered_in_a_row < self.max_request_failures:
+            return False
+        if self.stop is not StopKind.FATAL:
+            log.error("api.error", fatal=True, phones=0, **error.log_fields())
+            self.stop_fatal(
+                f"the CPH API cannot be reached: {self.unanswered_in_a_row} requests in a row"
+                f" got no answer (last: {error}); resume the rollout once it can be reached"
+            )
+        return True
 
     def check_done(self) -> None:
         """Finish when every phone is terminal, or when stopped and nothing is in flight."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from orchestrator.cph.api import CphApi
-from orchestrator.cph.errors import ApiError
+from orchestrator.cph.errors import ApiError, TransientError
 from orchestrator.cph.models import BatchJobsResponse, PropertyUpdate
 from orchestrator.engine.policy import (
     MISSING_FROM_ANSWER_CODE,
@@ -43,10 +43,6 @@ from orchestrator.engine.tracker import Tracker
 __all__ = ["Submitter"]
 
 log = structlog.get_logger("orchestrator.engine")
-
-MIN_REQUEST_FAILURES = 6
-REQUEST_FAILURES_PER_ATTEMPT = 2
-"""Whole-request failures a phone may see, per attempt it is allowed, before it fails."""
 
 
 class Submitter:
@@ -74,9 +70,7 @@ class Submitter:
         self._tracker = tracker
         self.queues = SendQueues()
         self._request_failures: Counter[str] = Counter()
-        self._max_request_failures = max(
-            MIN_REQUEST_FAILURES, REQUEST_FAILURES_PER_ATTEMPT * run.options.retry.max_attempts
-        )
+        self._max_request_failures = run.max_request_failures
 
     # -- feeding the queues ----------------------------------------------------------------------
 
@@ -162,8 +156,14 @@ class Submitter:
         try:
             answer = await self._call_submit(batch, batch[0].stage)
         except ApiError as error:
+            if _unanswered(error) and self._run.note_unanswered(error):
+                self.back_to_pending(batch)  # nothing is known of them: resend on resume
+                return
+            if not _unanswered(error):
+                self._run.note_answered()
             self._on_submit_error(batch, error, sent_at)
         else:
+            self._run.note_answered()
             self._submit.on_success()
             self._on_answer(batch, batch_id, answer)
 
@@ -286,3 +286,8 @@ class Submitter:
         log.error("api.error", fatal=True, phones=len(batch), **error.log_fields())
         self.back_to_pending(batch)
         self._run.stop_fatal(str(error))
+
+
+def _unanswered(error: ApiError) -> bool:
+    """No HTTP answer came back at all: the request may never have reached the cloud."""
+    return isinstance(error, TransientError) and error.unreachable

@@ -18,7 +18,13 @@ from datetime import datetime
 import structlog
 
 from orchestrator.cph.api import LIST_JOBS_MAX_REQUEST_IDS, LIST_JOBS_PAGE_LIMIT, CphApi
-from orchestrator.cph.errors import ApiError, AuthError, PermanentError, ThrottledError
+from orchestrator.cph.errors import (
+    ApiError,
+    AuthError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+)
 from orchestrator.cph.models import Job, JobStatus
 from orchestrator.engine.options import SHOW_JOB_AFTER_MISSES
 from orchestrator.engine.policy import JOB_FAILED_CODE, JOB_TIMEOUT_CODE, JOB_VANISHED_CODE
@@ -162,6 +168,10 @@ class Tracker:
         except ApiError as error:
             log.warning("api.error", request_ids=request_ids, **error.log_fields())
             self._reschedule(request_ids, POLL_RETRY_S)
+            if isinstance(error, TransientError) and error.unreachable:
+                self._run.note_unanswered(error)
+            else:
+                self._run.note_answered()
             if isinstance(error, AuthError):
                 log.error("api.error", fatal=True, phones=0, **error.log_fields())
                 self._run.stop_fatal(str(error))
@@ -170,6 +180,7 @@ class Tracker:
             return
         finally:
             self._query.release()
+        self._run.note_answered()
         self._query.on_success()
         await self._apply_jobs(request_ids, jobs)
 
