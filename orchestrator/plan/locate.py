@@ -176,12 +176,12 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, Locator]:
     loader = _YamlLoader(text)
     try:
         node = loader.get_single_node()
+        _refuse_repeated_keys(node, source)  # before the constructor merges ``<<`` keys in
         if node is not None:
             _keep_property_texts(node)
         data = loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
-    _refuse_repeated_keys(node, source)
     return data, NodeLocator(node)
 
 
