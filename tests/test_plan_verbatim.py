@@ -484,3 +484,21 @@ async def test_a_rollout_leaves_the_typed_texts_and_restarts_for_the_status_bar(
             "persist.custom.flag": "no",
         }
     assert sim.state.stats()["restarts_per_phone"] == dict.fromkeys(sim.state.phone_ids(), 1)
+
+
+def test_queried_phones_count_once_in_a_warning_however_often_rendered(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        'name: p\nfleet: {query: {status: 2}}\nproperties:\n  sys.prop.writewifissid: "é{index}"\n',
+    )
+    loaded = load_plan(path)
+    assert loaded.warnings == []
+    queried = [f"{n:032x}" for n in range(3)]
+    for _ in range(2):
+        loaded.targets(queried)
+        (warning,) = loaded.warnings
+        assert warning.startswith(
+            f"{path}:4: properties.sys.prop.writewifissid: phone {queried[0]}"
+        )
+        assert warning.endswith("(and 2 more phone(s))")

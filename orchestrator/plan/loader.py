@@ -119,11 +119,20 @@ _JSON_VALUE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 @dataclass(slots=True)
 class _Advised:
-    """The first phone whose value for one property drew a warning, and how many phones did."""
+    """The first phone whose value for one property drew a warning, and every phone that did.
+
+    A set, not a count: :meth:`LoadedPlan.targets` may render the same queried phone again.
+    """
 
     phone_id: str
     message: str
-    phones: int = 1
+    phone_ids: set[str] = field(default_factory=set)
+
+    def describe(self, where: str, field: str) -> str:
+        """The warning: place, field, first phone, message, and how many more phones."""
+        others = len(self.phone_ids) - 1
+        more = f" (and {others} more phone(s))" if others > 0 else ""
+        return f"{where}: {field}: phone {self.phone_id}: {self.message}{more}"
 
 
 class _Piece(NamedTuple):
@@ -237,19 +246,12 @@ class _Renderer:
         message = advise_property(name, value)
         if message is None:
             return
-        seen = self.advised.get((where, field))
-        if seen is None:
-            self.advised[(where, field)] = _Advised(phone_id, message)
-        else:
-            seen.phones += 1
+        seen = self.advised.setdefault((where, field), _Advised(phone_id, message))
+        seen.phone_ids.add(phone_id)
 
     def advice(self) -> list[str]:
         """The warnings noted so far, one per property and place."""
-        return [
-            f"{where}: {field}: phone {seen.phone_id}: {seen.message}"
-            + (f" (and {seen.phones - 1} more phone(s))" if seen.phones > 1 else "")
-            for (where, field), seen in self.advised.items()
-        ]
+        return [seen.describe(where, field) for (where, field), seen in self.advised.items()]
 
     def properties(
         self, index: int, phone_id: str, row: Mapping[str, PropertyValue]
