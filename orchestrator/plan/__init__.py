@@ -12,6 +12,11 @@ Fleet order: ``fleet.phones`` first, then the file's rows, then (at run time) th
 ``{index}`` is a phone's 0-based position in that order. A phone listed twice in ``phones``/``file``
 is an error; a queried phone that is also listed keeps its listed entry.
 
+Values are sent as typed (:mod:`orchestrator.plan.verbatim`): ``012`` is sent as ``"012"`` and
+``1.10`` as ``"1.10"``, never as what a parser made of them; a plan whose value has no text to send
+(a null, a TOML integer not in plain decimal) is refused, asking to quote it. A plan held as JSON
+text is decoded with :func:`decode_json_plan` before :func:`load_plan_data`, for the same reason.
+
 Every problem raises :class:`PlanError` (an :class:`~orchestrator.errors.OrchestratorError`),
 naming the file, the line (or the fleet file's row) and the field; all problems found are reported
 together.
@@ -26,6 +31,7 @@ from orchestrator.plan.loader import (
     load_plan_data,
     load_plan_text,
 )
+from orchestrator.plan.locate import decode_json_plan
 from orchestrator.plan.model import (
     BUSY_ERROR_CODE,
     DEFAULT_JOB_TIMEOUT_S,
@@ -63,6 +69,7 @@ __all__ = [
     "Policy",
     "PropertySpec",
     "RestartAfter",
+    "decode_json_plan",
     "load_plan",
     "load_plan_data",
     "load_plan_text",

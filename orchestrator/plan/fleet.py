@@ -7,9 +7,11 @@ contains a ``.`` (as every CPH property name does) is also that property's value
 overriding the plan's common value. An empty cell (or JSON ``null``) means "not set for this
 phone": the placeholder is missing and the common property applies.
 
-CSV cells are strings (leading spaces after a comma are dropped). JSON values keep their JSON type,
-so a number can be formatted with ``{count:04d}``; nested lists and objects are refused. Cells are
-taken as written, never as templates.
+CSV cells are strings (leading spaces after a comma are dropped). JSON numbers and booleans keep
+their type where JSON writes them back as typed, so ``7`` can be formatted with ``{count:04d}``;
+any other number (``1.10``, ``1e3``, ``-0``) is the text written, as every property value is
+(:mod:`orchestrator.plan.verbatim`). Nested lists and objects are refused. Cells are taken as
+written, never as templates.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from orchestrator.plan.model import (
     valid_phone_id_lines,
 )
 from orchestrator.plan.properties import PropertyValue, show_value
+from orchestrator.plan.verbatim import value_from_text
 
 __all__ = [
     "NO_CELLS",
@@ -278,7 +281,9 @@ class _JsonSyntaxError(ValueError):
 
 def _json_items(text: str) -> Any:
     """Yield ``(item, line)`` for each element of a top-level JSON array, tracking lines cheaply."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(
+        parse_int=value_from_text, parse_float=value_from_text, parse_constant=value_from_text
+    )
     position = _skip_space(text, 0)
     if not text.startswith("[", position):
         raise _JsonSyntaxError("the file must hold a JSON list", text.count("\n", 0, position) + 1)

@@ -10,7 +10,10 @@ renders them after the listed ones.
 Per-phone properties: the plan's common ``properties`` (string values rendered as templates, see
 :mod:`orchestrator.plan.render`), then, for phones from the fleet file, the non-empty cells of
 dotted columns, which override the common value of the same name (see :mod:`orchestrator.plan.fleet`).
-Every value is checked and normalized by :func:`orchestrator.plan.properties.check_property`.
+Every value is checked by :func:`orchestrator.plan.properties.check_property`, which may change
+its JSON type but never its text (:mod:`orchestrator.plan.verbatim`); a value the docs do not
+clearly allow is sent with a warning (:func:`~orchestrator.plan.properties.advise_property`), one
+per property and place, naming the first phone and counting the others.
 
 Plans given as data (the daemon's HTTP API): :func:`load_plan_data`. With no ``base_dir`` such a
 plan may not use ``fleet.file`` — a remote caller must not make the daemon read local files; a
@@ -61,6 +64,7 @@ from orchestrator.plan.properties import (
     KNOWN_PROPERTIES,
     PropertyFormatError,
     PropertyValue,
+    advise_property,
     check_property,
     needs_restart,
     show_value,
@@ -113,6 +117,24 @@ _JSON_VALUE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 """Encodes one value exactly as :func:`encode_property` encodes it inside the property object."""
 
 
+@dataclass(slots=True)
+class _Advised:
+    """The first phone whose value for one property drew a warning, and every phone that did.
+
+    A set, not a count: :meth:`LoadedPlan.targets` may render the same queried phone again.
+    """
+
+    phone_id: str
+    message: str
+    phone_ids: set[str] = field(default_factory=set)
+
+    def describe(self, where: str, field: str) -> str:
+        """The warning: place, field, first phone, message, and how many more phones."""
+        others = len(self.phone_ids) - 1
+        more = f" (and {others} more phone(s))" if others > 0 else ""
+        return f"{where}: {field}: phone {self.phone_id}: {self.message}{more}"
+
+
 class _Piece(NamedTuple):
     """A template prepared for the fast path: how its value is checked and where it goes."""
 
@@ -140,11 +162,17 @@ class _Renderer:
     constants: dict[str, PropertyValue]
     templates: list[tuple[str, Template, str]]
     overrides: list[str] = field(default_factory=list)
+    overrides_at: str = ""
+    """Where the override columns are named (the fleet file's header line), for warnings."""
+    advised: dict[tuple[str, str], _Advised] = field(default_factory=dict)
+    """Warnings about rendered values, by (place, field): see :func:`advise_property`."""
     head: str = field(init=False)
     """``encode_property(constants)`` without its closing brace."""
     pieces: list[_Piece] = field(init=False)
     row_names: frozenset[str] = field(init=False)
     """Row cells that change a phone's properties beyond the templates: overrides and shadows."""
+    advising: list[tuple[str, str]] = field(init=False)
+    """The templates whose values may draw a warning: (name, place)."""
 
     def __post_init__(self) -> None:
         self.head = encode_property(self.constants)[:-1]
@@ -158,6 +186,11 @@ class _Renderer:
             for position, (name, template, _) in enumerate(self.templates)
         ]
         self.row_names = frozenset(self.overrides) | {name for name, _, _ in self.templates}
+        self.advising = [
+            (name, defined_at)
+            for name, _, defined_at in self.templates
+            if (spec := KNOWN_PROPERTIES.get(name)) is not None and spec.advise is not None
+        ]
 
     def target(self, index: int, phone_id: str, row: Mapping[str, PropertyValue]) -> PhoneTarget:
         """The phone's target, the same as :meth:`target_by_dict` gives, faster."""
@@ -177,6 +210,8 @@ class _Renderer:
         text += "}"
         if not text.isascii() or len(text) > PROPERTY_LIMIT_BYTES:
             return self.target_by_dict(index, phone_id, row)
+        for name, defined_at in self.advising:
+            self._advise(defined_at, f"properties.{name}", phone_id, name, props[name])
         return PhoneTarget(index, phone_id, props, PropertyUpdate(phone_id, text))
 
     def target_by_dict(
@@ -184,6 +219,7 @@ class _Renderer:
     ) -> PhoneTarget:
         """The reference rendering; raises :class:`_PhoneError` naming the field at fault."""
         props = self.properties(index, phone_id, row)
+        self._advise_all(phone_id, props, row)
         try:
             update = PropertyUpdate.build(phone_id, props)
         except PropertyTooLargeError as exc:
@@ -192,6 +228,30 @@ class _Renderer:
             message = f"phone {phone_id}: the properties are not valid Unicode text ({exc.reason})"
             raise _PhoneError("properties", message) from exc
         return PhoneTarget(index, phone_id, props, update)
+
+    def _advise_all(
+        self, phone_id: str, props: Mapping[str, Any], row: Mapping[str, PropertyValue]
+    ) -> None:
+        """Note the warnings for one phone's rendered and overridden values."""
+        for name, _, defined_at in self.templates:
+            if name not in row:
+                self._advise(defined_at, f"properties.{name}", phone_id, name, props[name])
+        for name in self.overrides:
+            if row.get(name) is not None:
+                self._advise(self.overrides_at, f"column {name}", phone_id, name, props[name])
+
+    def _advise(
+        self, where: str, field: str, phone_id: str, name: str, value: PropertyValue
+    ) -> None:
+        message = advise_property(name, value)
+        if message is None:
+            return
+        seen = self.advised.setdefault((where, field), _Advised(phone_id, message))
+        seen.phone_ids.add(phone_id)
+
+    def advice(self) -> list[str]:
+        """The warnings noted so far, one per property and place."""
+        return [seen.describe(where, field) for (where, field), seen in self.advised.items()]
 
     def properties(
         self, index: int, phone_id: str, row: Mapping[str, PropertyValue]
@@ -225,6 +285,7 @@ class LoadedPlan:
     """
 
     __slots__ = (
+        "_advice",
         "_explicit",
         "_explicit_ids",
         "_label",
@@ -255,6 +316,15 @@ class LoadedPlan:
         self._renderer = renderer
         self._explicit = explicit
         self._explicit_ids = frozenset(map(attrgetter("phone_id"), explicit))
+        self._advice: list[str] = []
+        self._note_advice()
+
+    def _note_advice(self) -> None:
+        """Bring the renderer's warnings into :attr:`warnings` (their counts grow with the query)."""
+        for note in self._advice:
+            self.warnings.remove(note)
+        self._advice = self._renderer.advice()
+        self.warnings.extend(self._advice)
 
     def needs_restart(self) -> bool:
         """True if a property of this plan takes effect only after a restart."""
@@ -279,6 +349,7 @@ class LoadedPlan:
                 elif phone_id not in seen:
                     seen.add(phone_id)
                     _add_target(self._renderer, targets, phone_id, NO_CELLS, where, problems)
+        self._note_advice()
         problems.raise_if_any()
         if repeated:
             note = (
@@ -383,7 +454,9 @@ def _build(
     renderer = compiler.compile(plan.properties)
     table = _read_table(plan, label, locator, base_dir, problems)
     if table is not None:
-        renderer = replace(renderer, overrides=compiler.check_columns(table))
+        renderer = replace(
+            renderer, overrides=compiler.check_columns(table), overrides_at=f"{table.label}:1"
+        )
     compiler.check_placeholders(renderer, table)
     problems.raise_if_any()
     explicit = _render_explicit(plan, table, renderer, label, locator)
@@ -458,7 +531,14 @@ class _Compiler:
                 self._compile_one(constants, templates, name, value, where)
             except (TemplateError, PropertyFormatError) as exc:
                 self.problems.add(where, field, str(exc))
+            else:
+                self._advise_constant(constants, name, where)
         return _Renderer(constants, templates)
+
+    def _advise_constant(self, constants: dict[str, PropertyValue], name: str, where: str) -> None:
+        message = advise_property(name, constants[name]) if name in constants else None
+        if message is not None:
+            self.warnings.append(f"{where}: properties.{name}: {message}")
 
     @staticmethod
     def _compile_one(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from datetime import date, time
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from pydantic import (
 
 from orchestrator.cph.models import PhoneStatus
 from orchestrator.plan.properties import PropertyValue, show_value
+from orchestrator.plan.verbatim import NO_VALUE_HINT
 
 __all__ = [
     "BUSY_ERROR_CODE",
@@ -142,10 +144,16 @@ def _property_name(value: str) -> str:
 
 
 def _property_value(value: Any) -> PropertyValue:
+    if value is None:
+        raise ValueError(f"no value (null): {NO_VALUE_HINT}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{value} is not a number JSON can carry")
+    if isinstance(value, date | time):  # YAML and TOML read 2024-05-01 as a date
+        raise ValueError(
+            f"{value.isoformat()} is read as a date or time: quote it to send it as text"
+        )
     if not isinstance(value, int | float | str | bool):
-        kind = "null" if value is None else type(value).__name__
+        kind = type(value).__name__
         raise ValueError(f"a property value must be a number, string or boolean, not {kind}")
     return value
 

@@ -3,6 +3,11 @@
 The split matters to clients: a whole-request 400 (empty list, too many phones, a bad ``property``
 string, duplicates) rejects every phone of the batch and must be bisected by the caller, while a
 malformed or unknown ``phone_id`` fails only its own item. Pure functions over parsed JSON.
+
+The values inside ``property`` are not checked: any JSON object is accepted, numbers and strings
+alike for every property (user code sends ``"1"`` where the docs show ``1``). The simulator must be
+at least as permissive as the cloud is documented to be, so that it never fails a plan the cloud
+would take; the orchestrator's own checks of the documented formats live with the plan.
 """
 
 from __future__ import annotations
