@@ -725,3 +725,31 @@ def test_fleet_files_are_read_alike_whatever_their_layout(
         lines,
         rows,
     )
+
+
+# -- fleets that resolve to nothing, and bytes that are not text ---------------------------------
+
+
+PHONE = "0123456789abcdef0123456789abcdef"
+
+
+def _plan_with_fleet_file(tmp_path: Path, fleet_name: str) -> Path:
+    return write(
+        tmp_path,
+        "plan.yaml",
+        f"name: n\nfleet:\n  file: {fleet_name}\nproperties:\n  persist.sys.locale: en-US\n",
+    )
+
+
+@pytest.mark.parametrize("header_only", ["phone_id\n", "phone_id,persist.sys.timezone\n", "[]"])
+def test_a_fleet_file_without_phones_is_refused(tmp_path: Path, header_only: str) -> None:
+    name = "fleet.json" if header_only == "[]" else "fleet.csv"
+    write(tmp_path, name, header_only)
+    message = load_error(_plan_with_fleet_file(tmp_path, name))
+    assert "fleet: the fleet has no phones" in message
+
+
+def test_an_invalid_utf8_byte_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "fleet.csv").write_bytes(f"phone_id\n{PHONE}\nab\xffcd\n".encode("latin-1"))
+    message = load_error(_plan_with_fleet_file(tmp_path, "fleet.csv"))
+    assert "fleet.csv:3: the fleet file is not UTF-8 text: byte 0xff" in message

@@ -82,11 +82,17 @@ class FleetFile:
 def read_fleet_file(path: Path, label: str) -> FleetFile:
     """Read a ``.csv`` or ``.json`` fleet file; every problem found raises one :class:`PlanError`."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
     except OSError as exc:
         raise PlanError(f"{label}: cannot read the fleet file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise PlanError(f"{label}: the fleet file is not UTF-8 text ({exc.reason})") from exc
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PlanError(
+            f"{label}:{line}: the fleet file is not UTF-8 text: byte {raw[exc.start]:#04x}"
+            f" at offset {exc.start} ({exc.reason})"
+        ) from exc
     kind: Literal["csv", "json"] = "json" if path.suffix.lower() == ".json" else "csv"
     return read_fleet_text(text, label, kind)
 

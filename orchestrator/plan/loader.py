@@ -72,6 +72,7 @@ from orchestrator.plan.properties import (
 from orchestrator.plan.render import BUILTIN_PLACEHOLDERS, Template, TemplateError, compile_template
 
 __all__ = [
+    "NO_PHONES",
     "PLAN_FORMATS",
     "LoadedPlan",
     "PhoneTarget",
@@ -318,6 +319,8 @@ class LoadedPlan:
         self._explicit_ids = frozenset(map(attrgetter("phone_id"), explicit))
         self._advice: list[str] = []
         self._note_advice()
+        if not explicit and plan.fleet.query is None:
+            raise PlanError(f"{label}: fleet: {NO_PHONES}")
 
     def _note_advice(self) -> None:
         """Bring the renderer's warnings into :attr:`warnings` (their counts grow with the query)."""
@@ -359,6 +362,10 @@ class LoadedPlan:
             if note not in self.warnings:
                 self.warnings.append(note)
         return targets
+
+
+NO_PHONES = "the fleet has no phones: a rollout of nothing is refused, as `phones: []` is"
+"""The refusal of a fleet that resolves to zero phones (an empty file, a query matching none)."""
 
 
 def _add_target(

@@ -32,9 +32,11 @@ from orchestrator.plan import (
     FleetQuery,
     LoadedPlan,
     PhoneTarget,
+    PlanError,
     Policy,
     wave_sizes,
 )
+from orchestrator.plan.loader import NO_PHONES
 from orchestrator.settings import RolloutSettings
 
 T = TypeVar("T")
@@ -163,9 +165,13 @@ async def resolve_targets(
     """Render every phone of the plan, looking the plan's ``query`` up through ListCloudPhones."""
     query = loaded.plan.fleet.query
     queried: list[str] = []
-    if query is not None and client is not None:
-        queried = await query_phone_ids(client, query, clock=clock or SystemClock())
-    return loaded.targets(queried)
+    if query is None or client is None:
+        return loaded.targets(queried)
+    queried = await query_phone_ids(client, query, clock=clock or SystemClock())
+    targets = loaded.targets(queried)
+    if not targets:
+        raise PlanError(f"{loaded.source}: fleet.query: {NO_PHONES} (the query matched none)")
+    return targets
 
 
 def estimate_duration_s(phones: int, options: EngineOptions, *, job_duration_s: float) -> float:
