@@ -161,7 +161,13 @@ async def _journal_view(path: Path) -> dict[str, Any]:
 def _argv(run: Run, directory: Path) -> list[str | Path]:
     case = CASES[run.case]
     config = directory / (run.case if case.runs_dir else "") / "settings.toml"
-    common = ["--config", config, "--no-progress", "--state", directory / "j.sqlite"]
+    common: list[str | Path] = [
+        "--config",
+        config,
+        "--no-progress",
+        "--state",
+        directory / "j.sqlite",
+    ]
     if run.command == "rollout":
         plan = directory / f"{run.case}.json"
         plan.write_text(plan_json(f"out-{run.case}", run.phones, properties=PROPERTIES), "utf-8")
