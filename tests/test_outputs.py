@@ -119,8 +119,9 @@ def test_a_directory_or_a_file_in_the_way_is_a_problem(tmp_path: Path) -> None:
     assert f"{tmp_path / 'f'} is not a directory" in problem
 
 
-def test_a_name_too_long_for_the_file_system_is_a_problem(tmp_path: Path) -> None:
-    problem = file_problem(tmp_path / ("r" * 250 + ".json"))
+@pytest.mark.parametrize("length", [250, 300])
+def test_a_name_too_long_for_the_file_system_is_a_problem(tmp_path: Path, length: int) -> None:
+    problem = file_problem(tmp_path / ("r" * length + ".json"))
 
     assert problem is not None
     assert os.strerror(errno.ENAMETOOLONG) in problem

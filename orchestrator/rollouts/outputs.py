@@ -52,6 +52,7 @@ ROLLOUT_ID_RULE = (
     f"1-{MAX_ROLLOUT_ID_LENGTH} letters, digits, '.', '_' or '-', starting with a letter or digit"
 )
 REPORT_FORMATS = ("json", "csv")
+RUNS_DIR_SETTING = "rollout.runs_dir"
 SHOWN_ID_CHARS = 40
 """An invalid ID is shown cut to this many characters, so the error stays one readable line."""
 
@@ -123,13 +124,12 @@ class RunOutputs:
     id_flag: str | None = None
     """The flag the operator named the rollout with; None for a generated or an existing ID."""
     journal_source: str = "--state"
-    runs_dir_source: str = "rollout.runs_dir"
 
 
 def planned_files(outputs: RunOutputs) -> list[PlannedFile]:
     """Every file the run will write, with where each was chosen."""
     runs = outputs.runs_dir
-    in_runs = outputs.runs_dir_source
+    in_runs = RUNS_DIR_SETTING
     files = [
         PlannedFile(outputs.report, "--report", outputs.report)
         if outputs.report is not None
@@ -183,6 +183,13 @@ def file_problem(path: Path) -> str | None:
 
     Creates no folder; a probe file is created and removed in the nearest existing one.
     """
+    try:
+        return _inspected_problem(path)
+    except OSError as error:  # a name too long to look up, a folder we may not enter
+        return f"{path} cannot be looked at ({error.strerror or error})"
+
+
+def _inspected_problem(path: Path) -> str | None:
     if path.is_dir():
         return f"{path} is a directory"
     folder = _nearest_existing(path.parent)
