@@ -250,3 +250,15 @@ def test_a_report_that_cannot_be_written_is_one_line_and_exit_4(
     assert f"report r9 --state {journal} -o {report}" in errors[0]
     assert not report.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_journal_is_refused_here_only_when_it_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("", "utf-8")
+    (tmp_path / "j.d").mkdir()
+    below_a_file = run_outputs(tmp_path, journal=tmp_path / "afile" / "j.sqlite")
+    a_directory = run_outputs(tmp_path, journal=tmp_path / "j.d")
+
+    assert run_output_problems(below_a_file) == []  # the store says why, naming the file
+    assert run_output_problems(a_directory) == [
+        f"--state {tmp_path / 'j.d'}: {tmp_path / 'j.d'} is a directory"
+    ]

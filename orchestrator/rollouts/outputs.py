@@ -105,6 +105,9 @@ class PlannedFile:
     """``--report``, ``--log-file``, ``--state``, or a setting such as ``rollout.runs_dir``."""
     shown: Path
     """The path the operator gave: the file itself, or the folder a default file goes into."""
+    journal: bool = False
+    """The journal's store checks its own file and folder when it opens them, with messages of
+    its own; only a directory in its place is refused here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +143,8 @@ def planned_files(outputs: RunOutputs) -> list[PlannedFile]:
     elif outputs.default_log:
         files.append(PlannedFile(default_log_path(runs, outputs.rollout_id), in_runs, runs))
     if outputs.journal is not None:
-        files.append(PlannedFile(outputs.journal, outputs.journal_source, outputs.journal))
+        journal = outputs.journal
+        files.append(PlannedFile(journal, outputs.journal_source, journal, journal=True))
     return files
 
 
@@ -178,12 +182,15 @@ def _probe(folder: Path, name: str) -> OSError | None:
     return None
 
 
-def file_problem(path: Path) -> str | None:
+def file_problem(path: Path, *, only_kind: bool = False) -> str | None:
     """Why ``path`` cannot be written (in a folder created as needed), or None if it can.
 
     Creates no folder; a probe file is created and removed in the nearest existing one.
+    ``only_kind`` checks only that ``path`` is not a directory.
     """
     try:
+        if only_kind:
+            return f"{path} is a directory" if path.is_dir() else None
         return _inspected_problem(path)
     except OSError as error:  # a name too long to look up, a folder we may not enter
         return f"{path} cannot be looked at ({error.strerror or error})"
@@ -211,7 +218,7 @@ def file_problems(files: Iterable[PlannedFile]) -> list[str]:
     problems: list[str] = []
     seen: dict[Path, PlannedFile] = {}
     for planned in files:
-        problem = file_problem(planned.path)
+        problem = file_problem(planned.path, only_kind=planned.journal)
         other = seen.setdefault(planned.path.resolve(), planned)
         if problem is None and other is not planned:
             problem = f"{planned.path} is {other.source}'s file too"
