@@ -32,6 +32,7 @@ from orchestrator.daemon import remote
 from orchestrator.logging import configure_logging
 from orchestrator.rollouts.execute import rerun_failed_rollout, resume_rollout
 from orchestrator.rollouts.journaled import compact_rollouts
+from orchestrator.rollouts.outputs import PlannedFile, check_files
 from orchestrator.rollouts.prepare import new_rollout_id
 from orchestrator.rollouts.report import read_journal_report, write_csv, write_report
 from orchestrator.rollouts.status import read_status_rows
@@ -59,7 +60,7 @@ def resume(rollout_id: str, **flags: Any) -> None:
                 drive=drive,
             )
         )
-    sys.exit(finish(result, run.report, settings))
+    sys.exit(finish(result, run.report, settings, journal=state))
 
 
 @click.command("rerun-failed")
@@ -71,9 +72,10 @@ def resume(rollout_id: str, **flags: Any) -> None:
 def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **flags: Any) -> None:
     """Start a new rollout of the phones that failed in ROLLOUT_ID."""
     run = RunFlags(**flags)
+    id_flag = "--id" if new_id is not None else None
     new_id = new_id or new_rollout_id()
     with rollout_collector_tuning() as setup_done:
-        settings, state = prepare_run(run, new_id)
+        settings, state = prepare_run(run, new_id, id_flag=id_flag)
         drive = terminal_drive(show_progress=run.show_progress(), setup_done=setup_done)
         result = asyncio.run(
             rerun_failed_rollout(
@@ -86,7 +88,7 @@ def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **
                 drive=drive,
             )
         )
-    sys.exit(finish(result, run.report, settings))
+    sys.exit(finish(result, run.report, settings, journal=state))
 
 
 @click.command()
@@ -162,6 +164,8 @@ def report(
     rollout_id: str, config: Path | None, state: Path | None, fmt: str, output: Path | None
 ) -> None:
     """Print (or write) a rollout's report from the journal."""
+    if output is not None:
+        check_files([PlannedFile(output, "--output", output)])
     built = asyncio.run(read_journal_report(journal_path(config, state), rollout_id))
     if output is not None:
         write_report(built, output, fmt=fmt)

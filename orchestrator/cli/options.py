@@ -16,6 +16,7 @@ import click
 
 from orchestrator.errors import ConfigError
 from orchestrator.logging import configure_logging
+from orchestrator.rollouts.outputs import RunOutputs, check_run_outputs, default_log_path
 from orchestrator.rollouts.prepare import Overrides
 from orchestrator.settings import Settings, load_settings
 
@@ -27,6 +28,7 @@ __all__ = [
     "log_to",
     "prepare_run",
     "run_options",
+    "run_outputs",
 ]
 
 P = ParamSpec("P")
@@ -91,7 +93,7 @@ def show_progress(flag: bool | None) -> bool:
 def log_to(settings: Settings, rollout_id: str, log_file: Path | None, tty: bool) -> Path | None:
     """JSON logs go to stderr, or to a file when the terminal shows the progress bar."""
     if log_file is None and tty:
-        log_file = Path(settings.rollout.runs_dir) / f"{rollout_id}.log.jsonl"
+        log_file = default_log_path(Path(settings.rollout.runs_dir), rollout_id)
     stream = None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -100,10 +102,49 @@ def log_to(settings: Settings, rollout_id: str, log_file: Path | None, tty: bool
     return log_file
 
 
-def prepare_run(flags: RunFlags, rollout_id: str) -> tuple[Settings, Path]:
-    """Load the settings, set up logging (saying where logs go), and name the journal."""
+def run_outputs(
+    settings: Settings,
+    rollout_id: str,
+    *,
+    report: Path | None,
+    log_file: Path | None,
+    tty: bool,
+    state: Path | None,
+    journaled: bool = True,
+    id_flag: str | None = None,
+) -> RunOutputs:
+    """What a run with these flags will write (``state``: the ``--state`` flag, if given)."""
+    journal = (state or Path(settings.rollout.state_path)) if journaled else None
+    return RunOutputs(
+        rollout_id=rollout_id,
+        runs_dir=Path(settings.rollout.runs_dir),
+        report=report,
+        log_file=log_file,
+        default_log=tty,
+        journal=journal,
+        id_flag=id_flag,
+        journal_source="--state" if state is not None else "rollout.state_path",
+    )
+
+
+def prepare_run(
+    flags: RunFlags, rollout_id: str, *, id_flag: str | None = None
+) -> tuple[Settings, Path]:
+    """Load the settings, check every file the run will write, set up logging (saying where
+    logs go), and name the journal. ``id_flag``: the flag that named a new rollout's ID."""
     settings = load_settings(flags.config)
-    where = log_to(settings, rollout_id, flags.log_file, flags.show_progress())
+    tty = flags.show_progress()
+    outputs = run_outputs(
+        settings,
+        rollout_id,
+        report=flags.report,
+        log_file=flags.log_file,
+        tty=tty,
+        state=flags.state,
+        id_flag=id_flag,
+    )
+    check_run_outputs(outputs)
+    where = log_to(settings, rollout_id, flags.log_file, tty)
     if where is not None:
         click.echo(f"rollout {rollout_id}: logs in {where}", err=True)
     return settings, flags.state or Path(settings.rollout.state_path)

@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from orchestrator.cli.errors import exit_on_errors
-from orchestrator.cli.options import CONFIG_OPTION, STATE_OPTION, log_to, show_progress
+from orchestrator.cli.options import (
+    CONFIG_OPTION,
+    STATE_OPTION,
+    log_to,
+    run_outputs,
+    show_progress,
+)
 from orchestrator.cli.process import rollout_collector_tuning
 from orchestrator.cli.terminal import finish, terminal_drive
 from orchestrator.cph.connect import open_client
@@ -21,6 +27,8 @@ from orchestrator.engine.options import EngineOptions
 from orchestrator.logging import configure_logging
 from orchestrator.plan import LoadedPlan, PhoneTarget, load_plan, wave_sizes
 from orchestrator.rollouts.execute import RolloutRequest, execute_rollout
+from orchestrator.rollouts.outcome import ExitCode
+from orchestrator.rollouts.outputs import check_run_outputs, run_output_problems
 from orchestrator.rollouts.prepare import (
     Overrides,
     batch_count,
@@ -31,7 +39,7 @@ from orchestrator.rollouts.prepare import (
 )
 from orchestrator.settings import load_settings
 
-__all__ = ["dry_run_lines", "print_dry_run", "rollout", "validate"]
+__all__ = ["dry_run_lines", "dry_run_outcome", "print_dry_run", "rollout", "validate"]
 
 SAMPLE_PHONES = 3
 
@@ -99,16 +107,35 @@ def rollout(
             overrides=Overrides(batch_size, submit_rate, query_rate, max_attempts),
             state_path=None if no_journal else state or Path(settings.rollout.state_path),
         )
+        show = show_progress(progress)
+        outputs = run_outputs(
+            settings,
+            request.rollout_id,
+            report=report,
+            log_file=log_file,
+            tty=show,
+            state=state,
+            journaled=not no_journal,
+            id_flag="--id" if rollout_id is not None else None,
+        )
         if dry_run:
             configure_logging(level=settings.logging.level, fmt=settings.logging.format)
-            sys.exit(asyncio.run(print_dry_run(request)))
-        show = show_progress(progress)
+            sys.exit(dry_run_outcome(request, run_output_problems(outputs)))
+        check_run_outputs(outputs)
         where = log_to(settings, request.rollout_id, log_file, show)
         if where is not None:
             click.echo(f"rollout {request.rollout_id}: logs in {where}", err=True)
         drive = terminal_drive(show_progress=show, setup_done=setup_done)
         result, _ = asyncio.run(execute_rollout(request, drive=drive))
-    sys.exit(finish(result, report, settings))
+    sys.exit(finish(result, report, settings, journal=request.state_path))
+
+
+def dry_run_outcome(request: RolloutRequest, problems: list[str]) -> int:
+    """Print the dry run, then every file the run could not write; exit 3 if there is one."""
+    asyncio.run(print_dry_run(request))
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    return ExitCode.INVALID_INPUT if problems else ExitCode.SUCCEEDED
 
 
 def dry_run_lines(

@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.logging import configure_logging
 from orchestrator.plan import PhoneTarget
 from orchestrator.rollouts.execute import RolloutRequest, execute_rollout
+from orchestrator.rollouts.outputs import PlannedFile, check_files
 from orchestrator.rollouts.prepare import Overrides, new_rollout_id
 from orchestrator.settings import Settings
 
@@ -30,6 +31,8 @@ __all__ = ["DEMO_TOKEN", "demo", "run_demo", "simulator"]
 
 DEMO_TOKEN = "demo-token"
 """The simulator started by ``demo`` accepts this token; it guards nothing real."""
+DEMO_LOG, DEMO_JOURNAL, DEMO_REPORT = "demo.log.jsonl", "demo-journal.sqlite", "demo-report.json"
+"""What ``demo`` writes into its ``--runs-dir``."""
 
 
 @click.command()
@@ -161,7 +164,11 @@ def demo(
     plan_path: Path, phones: int, profile: str, seed: int, runs_dir: Path, progress: bool | None
 ) -> None:
     """Start a simulator and roll a plan out to thousands of simulated phones."""
-    log_file = runs_dir / "demo.log.jsonl"
+    log_file = runs_dir / DEMO_LOG
+    check_files(
+        PlannedFile(runs_dir / name, "--runs-dir", runs_dir)
+        for name in (DEMO_LOG, DEMO_JOURNAL, DEMO_REPORT)
+    )
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w", encoding="utf-8") as stream, rollout_collector_tuning() as setup_done:
         configure_logging(level="info", fmt="json", stream=stream)
@@ -227,11 +234,11 @@ async def run_demo(
             settings=settings,
             rollout_id=new_rollout_id(),
             overrides=Overrides(),
-            state_path=runs_dir / "demo-journal.sqlite",
+            state_path=runs_dir / DEMO_JOURNAL,
         )
         drive = terminal_drive(show_progress=show_progress, setup_done=setup_done)
         result, targets = await execute_rollout(request, drive=drive)
-        code = finish(result, runs_dir / "demo-report.json", settings)
+        code = finish(result, runs_dir / DEMO_REPORT, settings, journal=request.state_path)
         print(_verify_demo(targets, sim.state.properties))
     return code
 

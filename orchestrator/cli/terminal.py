@@ -22,10 +22,17 @@ from orchestrator.cli.progress import ProgressBar, summary_lines
 from orchestrator.engine.runner import RolloutEngine, RolloutResult
 from orchestrator.rollouts.journaled import Drive
 from orchestrator.rollouts.outcome import ExitCode, exit_code_for
+from orchestrator.rollouts.outputs import default_report_path
 from orchestrator.rollouts.report import write_result_report
 from orchestrator.settings import Settings
 
-__all__ = ["drive_from_terminal", "finish", "stop_on_signals", "terminal_drive"]
+__all__ = [
+    "drive_from_terminal",
+    "finish",
+    "report_failure_line",
+    "stop_on_signals",
+    "terminal_drive",
+]
 
 
 @contextmanager
@@ -76,9 +83,22 @@ def terminal_drive(*, show_progress: bool, setup_done: Callable[[], None]) -> Dr
     return drive
 
 
-def finish(result: RolloutResult, report_path: Path | None, settings: Settings) -> ExitCode:
-    """Write the report, print the summary; returns the exit code."""
-    written = write_result_report(result, report_path, settings)
+def finish(
+    result: RolloutResult, report_path: Path | None, settings: Settings, *, journal: Path | None
+) -> ExitCode:
+    """Write the report, print the summary; returns the exit code.
+
+    A report that cannot be written now (a full disk, a folder removed during the run) is one
+    error line and exit 4: the run did send (so not 3), its outcome is in the journal, and a
+    script must not take the missing report for a success.
+    """
+    path = report_path or default_report_path(Path(settings.rollout.runs_dir), result.rollout_id)
+    try:
+        write_result_report(result, path, settings)
+    except OSError as error:
+        failure: OSError | None = error
+    else:
+        failure = None
     for line in summary_lines(
         status=str(result.status),
         reason=result.reason,
@@ -88,5 +108,25 @@ def finish(result: RolloutResult, report_path: Path | None, settings: Settings) 
         records=result.records,
     ):
         print(line)
-    print(f"  report: {written}")
-    return exit_code_for(result)
+    if failure is None:
+        print(f"  report: {path}")
+        return exit_code_for(result)
+    print(report_failure_line(result, path, failure, journal), file=sys.stderr)
+    return ExitCode.API_FATAL
+
+
+def report_failure_line(
+    result: RolloutResult, path: Path, error: OSError, journal: Path | None
+) -> str:
+    """One line: the run ended, its report was not written, and where the outcome can be read."""
+    line = (
+        f"error: rollout {result.rollout_id} ended ({result.status}) but its report could not be"
+        f" written to {path}: {error.strerror or error}"
+    )
+    if journal is None:
+        return line + " (no journal was kept)"
+    return (
+        line
+        + f"; the journal has it: cph-orchestrator report {result.rollout_id}"
+        + (f" --state {journal} -o {path}")
+    )

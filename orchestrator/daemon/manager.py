@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from orchestrator.rollouts.journaled import (
     merged_calls,
     run_journaled,
 )
+from orchestrator.rollouts.outputs import ROLLOUT_ID_RULE, is_rollout_id
 from orchestrator.rollouts.prepare import engine_options, new_rollout_id, resolve_targets
 from orchestrator.rollouts.report import phone_row
 from orchestrator.rollouts.status import status_row
@@ -64,7 +64,6 @@ __all__ = [
 
 log = structlog.get_logger("orchestrator.daemon")
 
-ROLLOUT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 DEFAULT_PAGE_LIMIT = 100
 MAX_PAGE_LIMIT = 1000
 SHUTDOWN_MARGIN_S = 10.0
@@ -399,10 +398,8 @@ class RolloutManager:
 def _checked_id(value: Any) -> str:
     if value is None:
         return new_rollout_id()
-    if not isinstance(value, str) or not ROLLOUT_ID_PATTERN.fullmatch(value):
-        raise InvalidRequestError(
-            "id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    if not is_rollout_id(value):
+        raise InvalidRequestError(f"id must be {ROLLOUT_ID_RULE}")
     return value
 
 

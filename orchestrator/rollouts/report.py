@@ -8,8 +8,11 @@ report written at the end of a run and one read back later have the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +24,12 @@ from orchestrator.engine.runner import RolloutResult
 from orchestrator.engine.states import PhoneRecord
 from orchestrator.errors import ConfigError
 from orchestrator.rollouts.journaled import open_store
+from orchestrator.rollouts.outputs import (
+    REPORT_FORMATS,
+    default_report_path,
+    report_format,
+    temp_prefix,
+)
 from orchestrator.rollouts.status import summary_counts
 from orchestrator.settings import Settings
 
@@ -35,6 +44,8 @@ __all__ = [
     "write_result_report",
 ]
 
+NEW_FILE_MODE = 0o666
+"""A new report's mode before the umask, as ``open()`` would create it."""
 PHONE_FIELDS = ("phone_id", "state", "attempts", "job_id", "request_id", "error_code", "error_msg")
 
 
@@ -89,7 +100,7 @@ def result_report(result: RolloutResult) -> dict[str, Any]:
 
 def write_result_report(result: RolloutResult, path: Path | None, settings: Settings) -> Path:
     """Write a finished run's report to ``path`` (default: the runs folder); returns where."""
-    path = path or Path(settings.rollout.runs_dir) / f"{result.rollout_id}.report.json"
+    path = path or default_report_path(Path(settings.rollout.runs_dir), result.rollout_id)
     write_report(result_report(result), path)
     return path
 
@@ -139,20 +150,55 @@ def write_csv(phones: Sequence[Mapping[str, Any]], handle: Any) -> None:
 
 
 def write_report(report: Mapping[str, Any], path: Path, *, fmt: str | None = None) -> None:
-    """Write atomically as JSON (the whole report) or CSV (one row a phone), by ``fmt`` or suffix."""
-    kind = fmt or path.suffix.lower().lstrip(".")
-    if kind not in ("json", "csv"):
+    """Write as JSON (the whole report) or CSV (one row a phone), by ``fmt`` or the suffix.
+
+    Atomic: written to a temporary file in the same folder, flushed to disk, then renamed over
+    ``path``, so a reader (or a crash) sees the previous report or the new one, never half of one;
+    on failure the temporary file is removed. The file gets the mode a new file would get (or keeps
+    the mode of the report it replaces), not the temporary file's owner-only mode.
+    """
+    kind = fmt or report_format(path)
+    if kind not in REPORT_FORMATS:
         raise ConfigError(f"report {path}: use a .json or .csv file name (or --format)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = _mode_for(path)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
-        if kind == "json":
-            with os.fdopen(fd, "wb") as binary:
-                _write_json(report, binary)
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                write_csv(report["phones"], handle)
+        with os.fdopen(fd, "wb") as binary:
+            _write_as(kind, report, binary)
+            binary.flush()
+            os.fchmod(binary.fileno(), mode)
+            os.fsync(binary.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _write_as(kind: str, report: Mapping[str, Any], binary: BinaryIO) -> None:
+    if kind == "json":
+        _write_json(report, binary)
+        return
+    text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+    write_csv(report["phones"], text)
+    text.flush()
+    text.detach()  # the caller flushes, syncs and closes the file itself
+
+
+def _mode_for(path: Path) -> int:
+    """The mode of the report being replaced, else what a newly created file would get."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return NEW_FILE_MODE & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
