@@ -5,7 +5,8 @@ Every ``/v1`` route needs ``Authorization: Bearer <token>`` when a token is conf
 
 Whatever a client sends, the answer is JSON and never a 500 caused by the input. The limits:
 
-* a body of at most :data:`MAX_BODY_BYTES` (413 beyond), parsed by orjson, which refuses invalid
+* a body of at most :data:`MAX_BODY_BYTES` (413 beyond), sent with a Content-Length (411) and
+  without a Content-Encoding (415: the server decompresses nothing), parsed by orjson, which refuses invalid
   UTF-8, numbers beyond a double and nesting beyond 1024 levels without recursing in Python; a
   body nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer beyond 64 bits is refused
   (400) before any other code walks it;
@@ -231,14 +232,25 @@ def _check_nesting_and_numbers(value: Any) -> None:
             raise InvalidRequestError("the body holds an integer beyond 64 bits")
 
 
-async def _submit(request: web.Request) -> web.Response:
+async def _read_body(request: web.Request) -> bytes:
+    """The body as sent, with a Content-Length and no Content-Encoding.
+
+    The server decompresses nothing (no decompression bombs), so an encoded body is refused (415).
+    A chunked body is refused (411) before it is read: aiohttp answers broken chunk framing found
+    after the first bytes as a new request, and the reading handler would wait for ever.
+    """
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        raise web.HTTPUnsupportedMediaType(reason="a Content-Encoding is not accepted")
+    if request.content_length is None and request.body_exists:
+        raise web.HTTPLengthRequired(reason="a body needs a Content-Length (chunks are refused)")
     try:
-        raw = await request.read()
-    except web.RequestPayloadError:
-        raise InvalidRequestError(
-            "the body cannot be read: it does not match its Content-Encoding or Transfer-Encoding"
-        ) from None
-    body = _parse_json_body(raw)
+        return await request.read()
+    except (web.RequestPayloadError, ConnectionResetError):
+        raise InvalidRequestError("the body cannot be read: the connection was lost") from None
+
+
+async def _submit(request: web.Request) -> web.Response:
+    body = _parse_json_body(await _read_body(request))
     if not isinstance(body, dict):
         raise InvalidRequestError("the body must be a JSON object (a plan)")
     rollout_id = await request.app[MANAGER].submit(body)

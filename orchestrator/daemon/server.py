@@ -142,6 +142,7 @@ class Daemon:
             max_line_size=MAX_REQUEST_LINE_BYTES,
             max_field_size=MAX_HEADER_FIELD_BYTES,
             max_headers=MAX_HEADERS,
+            auto_decompress=False,  # the API refuses encoded bodies (415): nothing to inflate
         )
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
