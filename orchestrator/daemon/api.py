@@ -6,10 +6,10 @@ Every ``/v1`` route needs ``Authorization: Bearer <token>`` when a token is conf
 Whatever a client sends, the answer is JSON and never a 500 caused by the input. The limits:
 
 * a body of at most :data:`MAX_BODY_BYTES` (413 beyond), sent with a Content-Length (411) and
-  without a Content-Encoding (415: the server decompresses nothing), parsed by orjson, which refuses invalid
-  UTF-8, numbers beyond a double and nesting beyond 1024 levels without recursing in Python; a
-  body nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer beyond 64 bits is refused
-  (400) before any other code walks it;
+  without a Content-Encoding (415: the server decompresses nothing), parsed by orjson, which
+  refuses invalid UTF-8, numbers beyond a double and nesting beyond 1024 levels without recursing
+  in Python; a body nested deeper than :data:`MAX_JSON_DEPTH` or holding an integer beyond 64 bits
+  is refused (400) before any other code walks it;
 * a request target (path and query) of at most :data:`MAX_TARGET_BYTES` (414) and headers of at
   most :data:`MAX_HEADER_BYTES` in all (431); beyond the HTTP layer's own per-line limits (see
   :mod:`orchestrator.daemon.server`) the request never reaches this application;
@@ -58,8 +58,9 @@ __all__ = [
 log = structlog.get_logger("orchestrator.daemon")
 
 MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body the API reads (a plan naming tens of thousands of phones fits)."""
 MAX_JSON_DEPTH = 32
-"""Deepest nesting of arrays and objects a body may have (a plan needs 4)."""
+"""Deepest nesting of arrays and objects a body may have (a plan needs 3)."""
 MAX_TARGET_BYTES = 4096
 """Longest request target (path and query string) the API reads."""
 MAX_HEADER_BYTES = 16 * 1024

@@ -7,7 +7,7 @@ and the journal is closed: exit 0. The next start resumes whatever was left unfi
 aiohttp's HTTP parser reads every request before the application sees it, and refuses on its own a
 request line longer than :data:`MAX_REQUEST_LINE_BYTES`, a header name or value longer than
 :data:`MAX_HEADER_FIELD_BYTES`, more than :data:`MAX_HEADERS` headers, and any bytes that are not
-HTTP (bad method, URL, chunk or Content-Encoding). Those answers are aiohttp's own
+HTTP (a bad method, URL or chunk framing). Those answers are aiohttp's own
 ``400 text/plain`` (aiohttp offers no hook to shape them) and the connection is closed. What aiohttp
 reports about them goes to :func:`protocol_logger`, which logs ``daemon.request_refused`` with the
 error's class only: no traceback, and none of the request's bytes (a header may hold a token).
