@@ -155,4 +155,15 @@ CATALOGUE: dict[str, Event] = {
     "engine.task_failed": Event(
         "error", ("task", "error"), "an internal error stopped the rollout (a bug: please report)"
     ),
+    "daemon.request_refused": Event(
+        "warning",
+        ("error_class",),
+        "the HTTP layer refused a malformed or oversized request with a 400 before the API saw it"
+        " (debug when the first bytes of a connection are not HTTP at all)",
+    ),
+    "daemon.request_failed": Event(
+        "error",
+        ("method", "route", "error_class"),
+        "an API request hit an unexpected error and was answered 500 (a bug: please report)",
+    ),
 }
