@@ -42,7 +42,7 @@ from orchestrator.daemon.manager import (
     ShuttingDownError,
 )
 from orchestrator.errors import ConfigError
-from orchestrator.plan import PlanError
+from orchestrator.plan import PlanError, decode_json_plan
 from orchestrator.store.base import RolloutExistsError, RolloutNotFoundError
 
 __all__ = [
@@ -204,7 +204,8 @@ def _parse_json_body(raw: bytes) -> Any:
     orjson reads UTF-8 only, keeps integers of up to 64 bits exact (larger ones become doubles),
     refuses numbers beyond a double and stops at 1024 levels of nesting, all without recursion in
     Python; the result is then held to :data:`MAX_JSON_DEPTH` and to signed 64-bit integers (what
-    the journal stores) by an iterative walk.
+    the journal stores) by an iterative walk. Only then is it decoded again, keeping property
+    values as the sender typed them (see :func:`orchestrator.plan.decode_json_plan`).
     """
     try:
         value = orjson.loads(raw)
@@ -213,7 +214,10 @@ def _parse_json_body(raw: bytes) -> Any:
             raise _too_deep() from None
         raise InvalidRequestError(f"the body is not JSON: {error}") from None
     _check_nesting_and_numbers(value)
-    return value
+    try:  # bounded now: decode again keeping property values as typed (1.10 stays "1.10")
+        return decode_json_plan(raw.decode("utf-8"))
+    except ValueError as error:
+        raise InvalidRequestError(f"the body is not JSON: {error}") from None
 
 
 def _too_deep() -> InvalidRequestError:
