@@ -25,13 +25,13 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from orchestrator.rollouts.journaled import open_store
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from orchestrator.daemon.api import MAX_HEADER_BYTES, MAX_JSON_DEPTH, MAX_TARGET_BYTES, create_app
 from orchestrator.daemon.manager import RolloutManager
 from orchestrator.daemon.server import MAX_HEADERS, MAX_REQUEST_LINE_BYTES, Daemon
+from orchestrator.rollouts.journaled import open_store
 from orchestrator.settings import CphSettings, DaemonSettings, RolloutSettings, Settings
 from orchestrator.simulator import SimulatorServer
 from tests.conftest import SimulatorFactory

@@ -385,3 +385,35 @@ def test_an_unreachable_cloud_interrupts_the_run_and_resume_completes_it(
     report = read_report(tmp_path / "down.json")
     assert {p["state"] for p in report["phones"]} == {"succeeded"}
     assert {p["attempts"] for p in report["phones"]} == {1}
+
+
+def test_a_stopped_runner_keeps_its_rollout_and_finishes_it_without_a_resend(
+    tmp_path: Path, sim: Simulator, pool: PhonePool
+) -> None:
+    space = Workspace(tmp_path, write_settings(tmp_path, sim.url), tmp_path / "j.sqlite")
+    fleet = pool.take(60)
+    plan = space.plan("paused", fleet, {"waves": ["100%"], "batch_size": 5})
+    before = sim.stats(phones=True)["submissions_per_phone"]
+    with (tmp_path / "first.out").open("w", encoding="utf-8") as stdout:
+        first, stderr = start_cli(
+            *("rollout", plan, "--id", "paused", "--state", space.state),
+            *("--config", space.settings, "--submit-rate", "4", "--no-progress"),
+            *("--report", "paused.json"),
+            cwd=tmp_path,
+            stdout=stdout,
+        )
+    try:
+        stderr.wait_for(BATCH_SUBMITTED, timeout_s=RUN_TIMEOUT_S)
+        first.send_signal(signal.SIGSTOP)
+        second = space.run("resume", "paused")
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=RUN_TIMEOUT_S) == 0
+    finally:
+        stop_process(first)
+
+    assert second.returncode == 3, second.stderr
+    assert f":{first.pid}:" in second.stderr  # refused: the stopped holder is alive
+    report = read_report(tmp_path / "paused.json")
+    assert {p["state"] for p in report["phones"]} == {"succeeded"}
+    after = sim.stats(phones=True)["submissions_per_phone"]
+    assert all(after.get(p, 0) - before.get(p, 0) == 1 for p in fleet)
