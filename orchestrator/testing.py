@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr
 
 from orchestrator.clock import Clock, FakeClock
-from orchestrator.cph.api import ApiFamily
+from orchestrator.cph.api import ApiFamily, list_jobs_query, restart_body
 from orchestrator.cph.errors import (
     ApiError,
     AuthError,
@@ -143,13 +143,7 @@ class FakeCphApi:
         properties: Mapping[str, str] | None = None,
     ) -> BatchJobsResponse:
         """Restart (or start) phones; ``properties`` maps a phone to a property JSON string."""
-        phones: list[dict[str, str]] = []
-        for phone_id in phone_ids:
-            item = {"phone_id": phone_id}
-            if properties and phone_id in properties:
-                item["property"] = properties[phone_id]
-            phones.append(item)
-        body = _as_sent({"phones": phones, **({"image_id": image_id} if image_id else {})})
+        body = _as_sent(restart_body(phone_ids, image_id=image_id, properties=properties))
         request = _Request(
             "RestartCloudPhone", "POST", "/cloud-phone/phones/batch-restart", phone_ids=phone_ids
         )
@@ -172,12 +166,7 @@ class FakeCphApi:
         limit: int = LIST_JOBS_PAGE_LIMIT,
     ) -> ListJobsResponse:
         """One page of the jobs of up to 20 batch requests."""
-        if not 0 < len(request_ids) <= LIST_JOBS_MAX_REQUEST_IDS:
-            raise ValueError(
-                f"list_jobs takes 1 to {LIST_JOBS_MAX_REQUEST_IDS} request IDs,"
-                f" not {len(request_ids)}"
-            )
-        query = {"request_ids": ",".join(request_ids), "offset": str(offset), "limit": str(limit)}
+        query = list_jobs_query(request_ids, offset=offset, limit=limit)
         request = _Request("ListJobs", "GET", "/cloud-phone/jobs", query)
         return await self._call(ListJobsResponse, request, lambda _: self.state.list_jobs(query))
 

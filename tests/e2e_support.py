@@ -9,6 +9,7 @@ journal and the end-state checks are shared with the behaviour tests, which run 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ __all__ = [
     "fast_retry",
     "made_up_phone_ids",
     "make_targets",
+    "oversize",
     "run_rollout",
     "start_simulator",
 ]
@@ -120,6 +122,20 @@ def make_targets(
             PhoneTarget(index=index, phone_id=phone_id, properties=values, update=update)
         )
     return targets
+
+
+def oversize(targets: list[PhoneTarget], position: int) -> PhoneTarget:
+    """Replace the target at ``position`` with one whose update the cloud refuses as too large
+    (a whole-batch 400); returns the new target."""
+    target = targets[position]
+    oversized = json.dumps({"ro.product.name": "x" * 8000})
+    targets[position] = PhoneTarget(
+        index=target.index,
+        phone_id=target.phone_id,
+        properties=json.loads(oversized),
+        update=PropertyUpdate(phone_id=target.phone_id, property=oversized),
+    )
+    return targets[position]
 
 
 def made_up_phone_ids(count: int, *, prefix: str = "f") -> list[str]:

@@ -10,7 +10,6 @@ times are asserted exactly where the engine promises them (a bake, a grace perio
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from orchestrator.cph import PropertyUpdate
 from orchestrator.engine.options import RestartMode
 from orchestrator.engine.policy import JOB_TIMEOUT_CODE, AbortThresholds
 from orchestrator.engine.polling import DEFAULT_MAX_POLL_INTERVAL_S
@@ -34,6 +32,7 @@ from tests.e2e_support import (
     assert_one_request_per_phone,
     made_up_phone_ids,
     make_targets,
+    oversize,
 )
 from tests.fake_support import (
     fake_clock,
@@ -564,14 +563,7 @@ async def test_whole_batch_400_is_bisected_down_to_the_bad_phone() -> None:
     """One oversized update in a batch of 16: the engine splits until that phone fails alone."""
     api = fake_cloud(phones=16)
     targets = make_targets(api.state.phone_ids())
-    bad = targets[11]
-    oversized = json.dumps({"ro.product.name": "x" * 8000})
-    targets[11] = PhoneTarget(
-        index=bad.index,
-        phone_id=bad.phone_id,
-        properties=json.loads(oversized),
-        update=PropertyUpdate(phone_id=bad.phone_id, property=oversized),
-    )
+    bad = oversize(targets, 11)
 
     run = await rollout(api, targets, options(batch_size=16))
 

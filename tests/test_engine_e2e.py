@@ -13,16 +13,13 @@ report and what the simulator recorded. Jobs, backoff and polls are shrunk to mi
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 
-from orchestrator.cph import PropertyUpdate
 from orchestrator.engine.policy import REQUEST_FAILED_CODE
 from orchestrator.engine.runner import RolloutStatus
 from orchestrator.engine.states import PhoneState
-from orchestrator.plan import PhoneTarget
 from tests.conftest import SimulatorFactory
 from tests.e2e_support import (
     assert_end_state,
@@ -31,6 +28,7 @@ from tests.e2e_support import (
     fast_profile,
     fast_retry,
     make_targets,
+    oversize,
     run_rollout,
     start_simulator,
 )
@@ -119,14 +117,7 @@ async def test_whole_batch_400_is_bisected_down_to_the_bad_phone(
     """One oversized update in a batch of 16: the engine splits until that phone fails alone."""
     sim = await start_simulator(simulator, phones=16, profile=fast_profile("none"))
     targets = make_targets(sim.state.phone_ids())
-    bad = targets[11]
-    oversized = json.dumps({"ro.product.name": "x" * 8000})
-    targets[11] = PhoneTarget(
-        index=bad.index,
-        phone_id=bad.phone_id,
-        properties=json.loads(oversized),
-        update=PropertyUpdate(phone_id=bad.phone_id, property=oversized),
-    )
+    bad = oversize(targets, 11)
 
     run = await run_rollout(sim, targets, fast_options(batch_size=16))
 

@@ -57,7 +57,6 @@ class StealingJournal:
     path: Path
     saves: int = 0
     after_steal: tuple[int, str, str] | None = None
-    submits_at_steal: int = 0
     refused: list[str] = field(default_factory=list)
 
     async def save(self, records: Sequence[PhoneRecord]) -> None:

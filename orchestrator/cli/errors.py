@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import OrchestratorError
 from orchestrator.rollouts.outcome import ExitCode
 
 __all__ = ["exit_on_errors"]
@@ -35,9 +35,6 @@ def exit_on_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(ExitCode.INVALID_INPUT)
         except ValidationError as exc:
             click.echo(f"error: {_validation_message(exc)}", err=True)
             sys.exit(ExitCode.INVALID_INPUT)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -29,14 +29,15 @@ from orchestrator.cli.options import (
 from orchestrator.cli.process import rollout_collector_tuning
 from orchestrator.cli.terminal import finish, terminal_drive
 from orchestrator.daemon import remote
+from orchestrator.engine.runner import RolloutResult
 from orchestrator.logging import configure_logging
 from orchestrator.rollouts.execute import rerun_failed_rollout, resume_rollout
-from orchestrator.rollouts.journaled import compact_rollouts
+from orchestrator.rollouts.journaled import Drive, compact_rollouts
 from orchestrator.rollouts.outputs import PlannedFile, check_files
 from orchestrator.rollouts.prepare import new_rollout_id
 from orchestrator.rollouts.report import read_journal_report, write_csv, write_report
 from orchestrator.rollouts.status import read_status_rows
-from orchestrator.settings import load_settings
+from orchestrator.settings import Settings, load_settings
 
 __all__ = ["compact", "report", "rerun_failed", "resume", "status", "status_line"]
 
@@ -48,19 +49,17 @@ __all__ = ["compact", "report", "rerun_failed", "resume", "status", "status_line
 def resume(rollout_id: str, **flags: Any) -> None:
     """Continue an interrupted or crashed rollout: running jobs are tracked, not resent."""
     run = RunFlags(**flags)
-    with rollout_collector_tuning() as setup_done:
-        settings, state = prepare_run(run, rollout_id)
-        drive = terminal_drive(show_progress=run.show_progress(), setup_done=setup_done)
-        result = asyncio.run(
-            resume_rollout(
-                rollout_id=rollout_id,
-                settings=settings,
-                state_path=state,
-                overrides=run.overrides(),
-                drive=drive,
-            )
-        )
-    sys.exit(finish(result, run.report, settings, journal=state))
+    _run_to_the_end(
+        run,
+        rollout_id,
+        lambda settings, state, drive: resume_rollout(
+            rollout_id=rollout_id,
+            settings=settings,
+            state_path=state,
+            overrides=run.overrides(),
+            drive=drive,
+        ),
+    )
 
 
 @click.command("rerun-failed")
@@ -73,21 +72,35 @@ def rerun_failed(rollout_id: str, error_code: str | None, new_id: str | None, **
     """Start a new rollout of the phones that failed in ROLLOUT_ID."""
     run = RunFlags(**flags)
     id_flag = "--id" if new_id is not None else None
-    new_id = new_id or new_rollout_id()
+    run_id = new_id or new_rollout_id()
+    _run_to_the_end(
+        run,
+        run_id,
+        lambda settings, state, drive: rerun_failed_rollout(
+            rollout_id=rollout_id,
+            new_id=run_id,
+            error_code=error_code,
+            settings=settings,
+            state_path=state,
+            overrides=run.overrides(),
+            drive=drive,
+        ),
+        id_flag=id_flag,
+    )
+
+
+StartRun = Callable[[Settings, Path, Drive], Coroutine[Any, Any, RolloutResult]]
+"""Starts a journaled run with the settings, the journal path and the terminal's driver."""
+
+
+def _run_to_the_end(
+    run: RunFlags, rollout_id: str, start: StartRun, *, id_flag: str | None = None
+) -> NoReturn:
+    """Check the run's outputs, run it from a terminal, write its report and exit with its code."""
     with rollout_collector_tuning() as setup_done:
-        settings, state = prepare_run(run, new_id, id_flag=id_flag)
+        settings, state = prepare_run(run, rollout_id, id_flag=id_flag)
         drive = terminal_drive(show_progress=run.show_progress(), setup_done=setup_done)
-        result = asyncio.run(
-            rerun_failed_rollout(
-                rollout_id=rollout_id,
-                new_id=new_id,
-                error_code=error_code,
-                settings=settings,
-                state_path=state,
-                overrides=run.overrides(),
-                drive=drive,
-            )
-        )
+        result = asyncio.run(start(settings, state, drive))
     sys.exit(finish(result, run.report, settings, journal=state))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.cph.models import (
     BatchJobsResponse,
@@ -26,6 +26,8 @@ __all__ = [
     "LIST_PHONES_PAGE_LIMIT",
     "ApiFamily",
     "CphApi",
+    "list_jobs_query",
+    "restart_body",
 ]
 
 LIST_JOBS_MAX_REQUEST_IDS = 20
@@ -79,3 +81,25 @@ class CphApi(Protocol):
     async def show_phone(self, phone_id: str) -> PhoneDetail:
         """One phone's details, including its current ``property`` string."""
         ...
+
+
+def restart_body(
+    phone_ids: Sequence[str], *, image_id: str | None, properties: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """The batch-restart body: each phone, with its ``property`` JSON string when one is given."""
+    phones: list[dict[str, str]] = []
+    for phone_id in phone_ids:
+        item = {"phone_id": phone_id}
+        if properties and phone_id in properties:
+            item["property"] = properties[phone_id]
+        phones.append(item)
+    return {"phones": phones, **({"image_id": image_id} if image_id else {})}
+
+
+def list_jobs_query(request_ids: Sequence[str], *, offset: int, limit: int) -> dict[str, str]:
+    """ListJobs' query for one page; ``ValueError`` outside 1 to 20 request IDs."""
+    if not 0 < len(request_ids) <= LIST_JOBS_MAX_REQUEST_IDS:
+        raise ValueError(
+            f"list_jobs takes 1 to {LIST_JOBS_MAX_REQUEST_IDS} request IDs, not {len(request_ids)}"
+        )
+    return {"request_ids": ",".join(request_ids), "offset": str(offset), "limit": str(limit)}

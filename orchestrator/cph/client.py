@@ -24,10 +24,11 @@ from yarl import URL
 from orchestrator import __version__
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.cph.api import (
-    LIST_JOBS_MAX_REQUEST_IDS,
     LIST_JOBS_PAGE_LIMIT,
     LIST_PHONES_PAGE_LIMIT,
     ApiFamily,
+    list_jobs_query,
+    restart_body,
 )
 from orchestrator.cph.auth import Auth, OutgoingRequest
 from orchestrator.cph.errors import (
@@ -156,15 +157,7 @@ class CphClient:
         properties: Mapping[str, str] | None = None,
     ) -> BatchJobsResponse:
         """Restart (or start) phones; ``properties`` maps a phone to a property JSON string."""
-        phones: list[dict[str, str]] = []
-        for phone_id in phone_ids:
-            item = {"phone_id": phone_id}
-            if properties and phone_id in properties:
-                item["property"] = properties[phone_id]
-            phones.append(item)
-        body: dict[str, Any] = {"phones": phones}
-        if image_id:
-            body["image_id"] = image_id
+        body = restart_body(phone_ids, image_id=image_id, properties=properties)
         path = "/cloud-phone/phones/batch-restart"
         return await self._call(BatchJobsResponse, "RestartCloudPhone", "POST", path, body=body)
 
@@ -186,12 +179,7 @@ class CphClient:
         self, request_ids: Sequence[str], *, offset: int = 0, limit: int = LIST_JOBS_PAGE_LIMIT
     ) -> ListJobsResponse:
         """One page of the jobs of up to 20 batch requests (for callers that rate-limit each page)."""
-        if not 0 < len(request_ids) <= LIST_JOBS_MAX_REQUEST_IDS:
-            raise ValueError(
-                f"list_jobs takes 1 to {LIST_JOBS_MAX_REQUEST_IDS} request IDs,"
-                f" not {len(request_ids)}"
-            )
-        query = {"request_ids": ",".join(request_ids), "offset": offset, "limit": limit}
+        query = list_jobs_query(request_ids, offset=offset, limit=limit)
         return await self._call(
             ListJobsResponse, "ListJobs", "GET", "/cloud-phone/jobs", query=query
         )

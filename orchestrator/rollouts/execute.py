@@ -110,14 +110,15 @@ async def _run_with_journal(
         async def prepare() -> tuple[Sequence[Target], list[PhoneRecord]]:
             return targets, records
 
-        return await run_journaled(
+        return await _run_with_client(
             store,
+            request.settings,
             rollout_id=request.rollout_id,
             name=request.loaded.plan.name,
             prepare=prepare,
             options=options,
-            client=client,
             drive=drive,
+            client=client,
         )
     finally:
         await store.close()
@@ -151,8 +152,10 @@ async def _run_with_client(
     options: EngineOptions,
     drive: Drive,
     calls_before: Mapping[str, int] | None = None,
+    client: CphClient | None = None,
 ) -> RolloutResult:
-    client = await open_client(settings.cph)
+    """:func:`run_journaled` with ``client``, or with one opened from ``settings`` and closed after."""
+    own = client or await open_client(settings.cph)
     try:
         return await run_journaled(
             store,
@@ -160,12 +163,13 @@ async def _run_with_client(
             name=name,
             prepare=prepare,
             options=options,
-            client=client,
+            client=own,
             drive=drive,
             calls_before=calls_before,
         )
     finally:
-        await client.close()
+        if client is None:
+            await own.close()
 
 
 async def resume_rollout(

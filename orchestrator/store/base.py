@@ -55,9 +55,9 @@ class LeaseHeldError(StoreError):
 
 
 class LeaseLostError(LeaseHeldError, FencedError):
-    """Our lease was taken over by another runner: we must not write or send anything more."""
+    """Our lease was taken over by another runner: we must not write or send anything more.
 
-    exit_code = FencedError.exit_code
+    Its exit code is :class:`FencedError`'s (4): no base between them sets another."""
 
 
 class StoredPhone(NamedTuple):
